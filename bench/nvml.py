@@ -1,0 +1,290 @@
+"""Background NVML sampler and the per-window summary of what it recorded.
+
+A daemon thread polls the GPU every `period_s` and stamps each sample with
+time.perf_counter(), so the runner can cut the timeline at its own perf_counter marks
+(one window per variant and phase) and call `summarize` on each window. `summarize` is a
+pure function of a recorded timeline, so the arithmetic is tested without a GPU.
+"""
+
+import math
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pynvml
+import torch
+
+COLUMNS = [
+    "time",
+    "gpu_util",
+    "mem_util",
+    "power_w",
+    "sm_clock_mhz",
+    "temp_c",
+    "clock_event_reasons",
+    "energy_mj",
+    "mem_used_mb",
+]
+
+# Clock-event reasons that mean the clocks were held down by a limit. GPU idle (0x1) and
+# applications/user clock settings (0x2), sync boost and display settings are not throttling.
+# The ClocksThrottleReason names exist in every nvidia-ml-py >= 12; the newer ClocksEventReason
+# names carry the same values.
+THROTTLE_MASK = (
+    pynvml.nvmlClocksThrottleReasonSwPowerCap  # 0x04
+    | pynvml.nvmlClocksThrottleReasonHwSlowdown  # 0x08
+    | pynvml.nvmlClocksThrottleReasonSwThermalSlowdown  # 0x20
+    | pynvml.nvmlClocksThrottleReasonHwThermalSlowdown  # 0x40
+    | pynvml.nvmlClocksThrottleReasonHwPowerBrakeSlowdown  # 0x80
+)
+THROTTLED_SHARE_LIMIT = 0.05
+
+_MIB = 2**20
+
+
+def nvml_unavailable_reason(device: torch.device) -> str | None:
+    """Why NVML cannot be sampled for `device`, or None when it can (checked before a run)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return "no CUDA device"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as error:
+        return f"pynvml could not initialise: {error}"
+    try:
+        _handle_for(device)
+    except pynvml.NVMLError as error:
+        return f"no NVML device at PCI bus id {_pci_bus_id(device)}: {error}"
+    finally:
+        pynvml.nvmlShutdown()
+    return None
+
+
+def _pci_bus_id(device: torch.device) -> str:
+    """The device's PCI id as NVML writes it; CUDA and NVML indices differ under
+    CUDA_VISIBLE_DEVICES, the bus id does not."""
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+
+
+def _handle_for(device: torch.device):
+    """The NVML handle of the physical GPU behind a torch CUDA device."""
+    return pynvml.nvmlDeviceGetHandleByPciBusId(_pci_bus_id(device))
+
+
+def _clock_event_reasons(handle) -> int:
+    """Current clock-event bitmask; falls back to the pre-535 driver name of the same call."""
+    try:
+        return pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
+    except (AttributeError, pynvml.NVMLError_FunctionNotFound):
+        return pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
+
+
+def _field(read) -> float:
+    """One field read; any failure becomes NaN so one unsupported field never stops sampling."""
+    try:
+        return float(read())
+    except Exception:
+        return math.nan
+
+
+def _read_sample(handle) -> dict:
+    """One row of the timeline, stamped when the reads begin."""
+    now = time.perf_counter()
+    try:
+        util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+        gpu_util, mem_util = float(util.gpu), float(util.memory)
+    except Exception:
+        gpu_util = mem_util = math.nan
+    return {
+        "time": now,
+        "gpu_util": gpu_util,
+        "mem_util": mem_util,
+        "power_w": _field(lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000),
+        "sm_clock_mhz": _field(lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)),
+        "temp_c": _field(
+            lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+        ),
+        "clock_event_reasons": _field(lambda: _clock_event_reasons(handle)),
+        "energy_mj": _field(lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)),
+        "mem_used_mb": _field(lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used / _MIB),
+    }
+
+
+def label_samples(timeline: pd.DataFrame, marks: pd.DataFrame) -> pd.DataFrame:
+    """The timeline plus a `marker` column: the latest mark at or before each sample ("" before
+    the first), so nvml.csv can be split per variant and phase without the marks file."""
+    labelled = timeline.sort_values("time").reset_index(drop=True)
+    if marks.empty or labelled.empty:
+        return labelled.assign(marker="")
+    ordered = marks.sort_values("time").rename(columns={"label": "marker"})
+    labelled = pd.merge_asof(labelled, ordered, on="time", direction="backward")
+    labelled["marker"] = labelled["marker"].fillna("")
+    return labelled
+
+
+class NvmlSampler:
+    """Samples one GPU on a daemon thread while running; usable as a context manager.
+
+    It can be started and stopped repeatedly; samples and marks accumulate across runs of the
+    same instance (their perf_counter times keep them apart). Use a new instance for a fresh
+    timeline.
+    """
+
+    def __init__(self, device: torch.device, period_s: float = 0.02):
+        self.device = torch.device(device)
+        self.period_s = period_s
+        self._rows: list[dict] = []
+        self._marks: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "NvmlSampler":
+        """Initialise NVML, find this device's handle and begin sampling."""
+        if self._thread is not None:
+            raise RuntimeError("NvmlSampler is already running")
+        reason = nvml_unavailable_reason(self.device)
+        if reason is not None:
+            raise RuntimeError(f"NVML sampling unavailable: {reason}")
+        pynvml.nvmlInit()
+        try:
+            handle = _handle_for(self.device)
+        except pynvml.NVMLError:
+            pynvml.nvmlShutdown()
+            raise
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(handle,), name="nvml-sampler", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and release NVML; a no-op when not running."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        pynvml.nvmlShutdown()
+
+    def __enter__(self) -> "NvmlSampler":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self, handle) -> None:
+        """Sample on a fixed schedule; if a read runs late, restart the schedule from now."""
+        next_time = time.perf_counter()
+        while not self._stop.is_set():
+            row = _read_sample(handle)
+            with self._lock:
+                self._rows.append(row)
+            next_time = max(next_time + self.period_s, time.perf_counter())
+            self._stop.wait(max(0.0, next_time - time.perf_counter()))
+
+    def mark(self, label: str) -> None:
+        """Record a perf_counter time and label so the timeline can be split per variant/phase."""
+        with self._lock:
+            self._marks.append((time.perf_counter(), label))
+
+    def timeline(self) -> pd.DataFrame:
+        """All samples so far, one row each, columns COLUMNS."""
+        with self._lock:
+            return pd.DataFrame(list(self._rows), columns=COLUMNS, dtype=float)
+
+    def marks(self) -> pd.DataFrame:
+        """All marks so far, columns time and label."""
+        with self._lock:
+            return pd.DataFrame(list(self._marks), columns=["time", "label"])
+
+    def measure_idle_power(self, seconds: float = 1.0) -> float:
+        """Mean power over a quiet window, the baseline for energy above idle. Call it before
+        the run; it starts the sampler for the window if it is not already running."""
+        running = self._thread is not None
+        if not running:
+            self.start()
+        try:
+            self.mark("idle")
+            t0 = time.perf_counter()
+            time.sleep(seconds)
+            t1 = time.perf_counter()
+        finally:
+            if not running:
+                self.stop()
+        samples = self.timeline()
+        in_window = samples[(samples["time"] >= t0) & (samples["time"] <= t1)]
+        return float(in_window["power_w"].mean()) if len(in_window) else math.nan
+
+    def to_csv(self, path) -> None:
+        """Write the whole timeline with its `marker` column (a run's nvml.csv)."""
+        label_samples(self.timeline(), self.marks()).to_csv(path, index=False)
+
+
+def _energy(window: pd.DataFrame) -> tuple[float, float, str]:
+    """Energy in J between the first and last usable sample, that span in s, and the source:
+    the device counter where it reads in the window, else trapezoidal integration of power."""
+    counter = window[np.isfinite(window["energy_mj"])]
+    if len(counter) >= 2:
+        span = counter["time"].iloc[-1] - counter["time"].iloc[0]
+        joules = (counter["energy_mj"].iloc[-1] - counter["energy_mj"].iloc[0]) / 1000
+        return float(joules), float(span), "counter"
+    power = window[np.isfinite(window["power_w"])]
+    if len(power) >= 2:
+        t = power["time"].to_numpy()
+        p = power["power_w"].to_numpy()
+        joules = np.sum((p[1:] + p[:-1]) / 2 * np.diff(t))
+        return float(joules), float(t[-1] - t[0]), "integrated_power"
+    return math.nan, math.nan, ""
+
+
+def _throttled_share(window: pd.DataFrame) -> float:
+    """Fraction of samples with a real throttle bit set (idle and clock-setting bits ignored)."""
+    reasons = window["clock_event_reasons"]
+    reasons = reasons[np.isfinite(reasons)].astype(np.int64)
+    if reasons.empty:
+        return math.nan
+    return float(((reasons & THROTTLE_MASK) != 0).mean())
+
+
+def summarize(
+    timeline: pd.DataFrame, t0: float, t1: float, idle_power_w: float | None, samples: int
+) -> dict:
+    """NVML metrics for the samples in [t0, t1] (perf_counter seconds) of a timeline with
+    COLUMNS, as NvmlSampler.timeline() returns; `samples` is the work done in the window.
+
+    energy_j covers the whole window: the energy measured between the first and last sample
+    is scaled by (t1 - t0) / their span, so the part of the window before the first and after
+    the last sample is not lost. Unmeasurable values are NaN, never 0.
+    """
+    in_window = (timeline["time"] >= t0) & (timeline["time"] <= t1)
+    window = timeline.loc[in_window, COLUMNS].astype(float)
+    measured_j, span, source = _energy(window)
+    duration = t1 - t0
+    energy_j = measured_j * duration / span if span > 0 else math.nan
+    if math.isnan(energy_j):
+        source = ""
+    above_idle = math.nan
+    if idle_power_w is not None and math.isfinite(idle_power_w):
+        above_idle = energy_j - idle_power_w * duration
+    share = _throttled_share(window)
+    return {
+        "nvml_samples": len(window),
+        "gpu_util_mean": float(window["gpu_util"].mean()),
+        "gpu_util_max": float(window["gpu_util"].max()),
+        "mem_util_mean": float(window["mem_util"].mean()),
+        "power_w_mean": float(window["power_w"].mean()),
+        "power_w_max": float(window["power_w"].max()),
+        "sm_clock_mhz_mean": float(window["sm_clock_mhz"].mean()),
+        "temp_c_max": float(window["temp_c"].max()),
+        "nvml_mem_peak_mb": float(window["mem_used_mb"].max()),
+        "energy_j": energy_j,
+        "energy_source": source,
+        "energy_above_idle_j": above_idle,
+        "samples_per_j": samples / energy_j if energy_j > 0 else math.nan,
+        "throttled_share": share,
+        "throttled": share > THROTTLED_SHARE_LIMIT if math.isfinite(share) else math.nan,
+    }

@@ -1,0 +1,152 @@
+"""Reading the NVIDIA assessment layout: sample ids, RGBA images, depth maps and XYZA.
+
+Every check names the file and what was expected, because a benchmark that silently trains on a
+half-broken dataset produces numbers nobody can trust.
+"""
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+# folder name -> (id prefix, label)
+CLASSES = {"cubes": ("cube", 0), "spheres": ("sphere", 1)}
+PREFIX_TO_FOLDER = {prefix: folder for folder, (prefix, _) in CLASSES.items()}
+NO_RETURN_DEPTH = 50.0
+
+
+class DatasetError(ValueError):
+    """The dataset on disk is not what the harness expects; the message names the file."""
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    rgb: Path
+    lidar: Path
+    label: int
+    folder: str
+
+
+def discover_ids(root: str | Path) -> list[str]:
+    """All sample ids (cube_0000, sphere_0000, ...) with both an RGB and a LiDAR file."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    ids = []
+    for folder, (prefix, _) in CLASSES.items():
+        for sub in ("rgb", "lidar"):
+            if not (root / folder / sub).is_dir():
+                raise DatasetError(f"missing folder {root / folder / sub} (expected the NVIDIA assessment layout)")
+        for name in ("azimuth.npy", "zenith.npy"):
+            if not (root / folder / name).is_file():
+                raise DatasetError(f"missing file {root / folder / name}")
+        rgb_stems = {p.stem for p in (root / folder / "rgb").glob("*.png")}
+        lidar_stems = {p.stem for p in (root / folder / "lidar").glob("*.npy")}
+        for stem in sorted(rgb_stems - lidar_stems):
+            raise DatasetError(f"{root / folder / 'rgb' / (stem + '.png')} has no LiDAR file {root / folder / 'lidar' / (stem + '.npy')}")
+        for stem in sorted(lidar_stems - rgb_stems):
+            raise DatasetError(f"{root / folder / 'lidar' / (stem + '.npy')} has no RGB file {root / folder / 'rgb' / (stem + '.png')}")
+        if not rgb_stems:
+            raise DatasetError(f"no samples in {root / folder / 'rgb'} (expected NNNN.png files)")
+        ids += [f"{prefix}_{stem}" for stem in sorted(rgb_stems)]
+    return ids
+
+
+def sample_files(root: str | Path, sample_id: str) -> SampleFiles:
+    """Paths and label of one sample id."""
+    prefix, _, stem = sample_id.partition("_")
+    if prefix not in PREFIX_TO_FOLDER or not stem:
+        raise DatasetError(f"unknown sample id {sample_id!r} (expected cube_NNNN or sphere_NNNN)")
+    folder = PREFIX_TO_FOLDER[prefix]
+    base = Path(root).expanduser() / folder
+    return SampleFiles(base / "rgb" / f"{stem}.png", base / "lidar" / f"{stem}.npy", CLASSES[folder][1], folder)
+
+
+def label_of(sample_id: str) -> int:
+    prefix = sample_id.partition("_")[0]
+    if prefix not in PREFIX_TO_FOLDER:
+        raise DatasetError(f"unknown sample id {sample_id!r} (expected cube_NNNN or sphere_NNNN)")
+    return CLASSES[PREFIX_TO_FOLDER[prefix]][1]
+
+
+def _load_vector(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read {path}: {error}") from None
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+        raise DatasetError(f"{path} must be a 1-d array of finite angles in radians, got shape {array.shape} {array.dtype}")
+    return array.astype(np.float32)
+
+
+@lru_cache(maxsize=16)
+def load_angles(root: str | Path, folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """(azimuth [H], zenith [W]) of one class folder; azimuth indexes rows, zenith columns."""
+    base = Path(root).expanduser() / folder
+    return _load_vector(base / "azimuth.npy"), _load_vector(base / "zenith.npy")
+
+
+def read_rgba(path: Path) -> np.ndarray:
+    """The image as uint8 [H, W, 4]."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode, array = image.mode, np.array(image)
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DatasetError(f"cannot decode PNG {path}: {error}") from None
+    if mode != "RGBA":
+        raise DatasetError(f"{path} is a {mode} image; expected RGBA (4 channels)")
+    return array
+
+
+def read_depth(path: Path, azimuth: np.ndarray, zenith: np.ndarray) -> np.ndarray:
+    """The depth map as float32 [H, W], checked against the angle tables of its folder."""
+    try:
+        depth = np.load(path)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read depth map {path}: {error}") from None
+    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
+        raise DatasetError(f"{path} must be a 2-d numeric depth map, got shape {depth.shape} {depth.dtype}")
+    if depth.shape != (len(azimuth), len(zenith)):
+        raise DatasetError(
+            f"{path} has shape {depth.shape} but azimuth.npy has {len(azimuth)} and zenith.npy "
+            f"{len(zenith)} angles (expected depth shape (len(azimuth), len(zenith)))"
+        )
+    depth = depth.astype(np.float32)
+    if np.isnan(depth).any():
+        raise DatasetError(f"{path} contains NaN depth values")
+    return depth
+
+
+def read_sample(root: str | Path, sample_id: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rgba uint8 [H, W, 4], depth float32 [H, W], label) of one sample, validated."""
+    files = sample_files(root, sample_id)
+    azimuth, zenith = load_angles(str(Path(root).expanduser()), files.folder)
+    rgba = read_rgba(files.rgb)
+    depth = read_depth(files.lidar, azimuth, zenith)
+    if rgba.shape[:2] != depth.shape:
+        raise DatasetError(f"{files.rgb} is {rgba.shape[1]}x{rgba.shape[0]} but its depth map {files.lidar} is {depth.shape[1]}x{depth.shape[0]}")
+    return rgba, depth, files.label
+
+
+def depth_to_xyza(depth: torch.Tensor, azimuth: torch.Tensor, zenith: torch.Tensor) -> torch.Tensor:
+    """LiDAR depth [..., H, W] -> XYZA [..., 4, H, W], as the seed study computes it.
+
+    azimuth [..., H] is per row i, zenith [..., W] per column j (a batch may carry one table per
+    sample); A is 1 where the beam returned (d < 50).
+    """
+    az = -azimuth[..., :, None]
+    ze = -zenith[..., None, :]
+    x = depth * torch.sin(az) * torch.cos(ze)
+    y = depth * torch.cos(az) * torch.cos(ze)
+    z = depth * torch.sin(ze)
+    a = (depth < NO_RETURN_DEPTH).to(depth.dtype)
+    return torch.stack([x, y, z, a], dim=-3)
+
+
+def rgba_to_float(rgba: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., H, W, 4] -> float [..., 4, H, W] in [0, 1], like torchvision's ToTensor."""
+    return rgba.movedim(-1, -3).float().div(255)

@@ -1,0 +1,110 @@
+"""report.md from the files a run wrote, so `bench report` can rebuild it at any time."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from reports.results import CURVES, INFERENCE, RESULTS, read_env, read_table
+
+MEMORY_LABELS = {"cuda_max_allocated": "peak mem MB (CUDA max allocated)", "process_peak_rss": "peak mem MB (process peak RSS)"}
+
+
+def _fmt(table: pd.DataFrame, digits: dict) -> pd.DataFrame:
+    """Rounded numbers; empty cells read n/a so a missing metric is never mistaken for 0."""
+    out = table.copy()
+    for column, places in digits.items():
+        if column in out:
+            out[column] = out[column].map(lambda v: "n/a" if pd.isna(v) or v == "" else f"{float(v):,.{places}f}")
+    return out.fillna("n/a")
+
+
+def seed_table(ok: pd.DataFrame) -> str:
+    """The seed study's columns, one row per variant; memory labelled with what it measured."""
+    parts = []
+    for kind, group in ok.groupby("peak_mem_kind", sort=False):
+        table = group[["variant", "val_loss", "accuracy", "params", "sec_per_epoch", "peak_mem_mb"]].rename(
+            columns={"accuracy": "accuracy %", "sec_per_epoch": "sec/epoch", "peak_mem_mb": MEMORY_LABELS.get(kind, kind)})
+        table = _fmt(table, {"val_loss": 6, "accuracy %": 2, "params": 0, "sec/epoch": 2, MEMORY_LABELS.get(kind, kind): 1})
+        parts.append(table.to_markdown(index=False))
+    return "\n\n".join(parts)
+
+
+def speed_table(ok: pd.DataFrame) -> str:
+    table = pd.DataFrame({
+        "variant": ok["variant"],
+        "train samples/s": ok["train_samples_per_s"],
+        "± std": ok["train_samples_per_s_std"],
+        "step ms p50": ok["step_ms_p50"],
+        "p90": ok["step_ms_p90"],
+        "p99": ok["step_ms_p99"],
+        "data wait %": 100 * ok["data_wait_share"],
+        "compile s": ok["compile_s"],
+        "infer samples/s": ok["infer_samples_per_s"],
+        f"time to {ok['target_acc'].iloc[0]:g}% s": ok["time_to_target_s"],
+        "MFU %": 100 * pd.to_numeric(ok["mfu"], errors="coerce"),
+    })
+    digits = {c: 1 for c in table.columns if c != "variant"}
+    digits.update({"train samples/s": 0, "infer samples/s": 0, "step ms p50": 2, "p90": 2, "p99": 2, "MFU %": 2})
+    return _fmt(table, digits).to_markdown(index=False)
+
+
+def compiler_table(ok: pd.DataFrame) -> str:
+    compiled = ok[ok["compile_mode"] != "none"]
+    if compiled.empty:
+        return ""
+    table = compiled[["variant", "compile_s", "compiled_graphs", "graph_breaks", "recompiles_timed", "suspect"]]
+    return _fmt(table, {"compile_s": 1}).to_markdown(index=False)
+
+
+def energy_table(ok: pd.DataFrame) -> str:
+    if "energy_j" not in ok or ok["energy_j"].isna().all():
+        notes = sorted({str(n) for n in ok.get("nvml_note", pd.Series(dtype=str)).dropna() if str(n)})
+        return "NVML metrics: n/a (" + ("; ".join(notes) or "not sampled") + ")."
+    table = ok[["variant", "gpu_util_mean", "power_w_mean", "power_w_max", "energy_j", "energy_source",
+                "energy_above_idle_j", "samples_per_j", "j_to_target", "throttled_share", "nvml_mem_peak_mb"]]
+    return _fmt(table, {"gpu_util_mean": 0, "power_w_mean": 0, "power_w_max": 0, "energy_j": 0,
+                        "energy_above_idle_j": 0, "samples_per_j": 1, "j_to_target": 0, "throttled_share": 2,
+                        "nvml_mem_peak_mb": 0}).to_markdown(index=False)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    results = read_table(run_dir / RESULTS)
+    env = read_env(run_dir)
+    lines = [f"# fusionbench run {run_dir.name}", ""]
+    if env:
+        lines += [f"Hardware `{env.get('hardware', '')}`: {env.get('gpu_name') or env.get('cpu_model', '')}; "
+                  f"torch {env.get('torch', '')}, CUDA {env.get('cuda') or 'n/a'}, DALI {env.get('dali') or 'not installed'}, "
+                  f"Python {env.get('python', '')}.", ""]
+        if "nvml_overhead" in env:
+            overhead = env["nvml_overhead"]
+            lines += [f"NVML sampler: idle power {env.get('idle_power_w', float('nan')):.0f} W; its overhead on training "
+                      f"throughput, measured once: {overhead['overhead_pct']:.2f} % "
+                      f"({overhead['samples_per_s_with']:,.0f} vs {overhead['samples_per_s_without']:,.0f} samples/s).", ""]
+    if results.empty:
+        lines.append("No variant has finished yet.")
+    else:
+        ok = results[results["status"] == "ok"]
+        failed = results[results["status"] != "ok"]
+        if not ok.empty:
+            first = ok.iloc[0]
+            lines += [f"{len(ok)} variants, {int(first['epochs'])} epochs on {int(first['train_samples'])} training and "
+                      f"{int(first['val_samples'])} validation samples (data read as `{first['loader_form']}`).", "",
+                      "## Seed comparison", "", seed_table(ok), "",
+                      "## Speed", "", "Throughput and step latency exclude warm-up and compilation; data wait is "
+                      "the share of each step spent waiting for the loader.", "", speed_table(ok), ""]
+            compiled = compiler_table(ok)
+            if compiled:
+                lines += ["## Compiler", "", "A recompilation during the timed steps makes a row suspect.", "", compiled, ""]
+            lines += ["## Energy and utilisation", "", energy_table(ok), ""]
+        inference = read_table(run_dir / INFERENCE, key=None)
+        if not inference.empty:
+            lines += ["## Inference", "", _fmt(inference, {"samples_per_s": 0, "ms_p50": 3, "ms_p90": 3, "ms_p99": 3})
+                      .to_markdown(index=False), ""]
+        if not failed.empty:
+            lines += ["## Failed variants", "", failed[["variant", "error"]].to_markdown(index=False), ""]
+    if (run_dir / CURVES).exists():
+        lines += ["Per-epoch curves: `curves.csv`. Plots: `plots/`."]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
