@@ -1,0 +1,76 @@
+"""`bench loaders`: each loader timed over full epochs of the same split, as ready device batches."""
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from bench import memory
+from bench.data import resolve_data, resolve_split
+from bench.timing import Clock, percentiles
+from loaders import make_loader
+from loaders.split import stratified_subset
+from reports.results import LOADER_COLUMNS, LOADERS, append_rows
+
+
+def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: torch.device, epochs: int) -> dict:
+    """First epoch (construction, decoding, caching) timed on its own, then `epochs` steady epochs."""
+    clock = Clock(device)
+    memory.reset_host_peak()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    loader = make_loader(kind, root, ids, batch_size=batch_size, shuffle=True, drop_last=True, device=device,
+                         workers=workers)
+    for _ in loader:
+        pass
+    clock.sync()
+    first_epoch_s = time.perf_counter() - start
+    batch_ms, samples = [], 0
+    for _ in tqdm(range(epochs), desc=kind, unit="epoch", leave=False):
+        marks = [clock.mark()]
+        for _, _, label in loader:
+            marks.append(clock.mark())
+            samples += len(label)
+        clock.sync()
+        batch_ms += [clock.elapsed_ms(a, b) for a, b in zip(marks, marks[1:])]
+    batch_ms = np.asarray(batch_ms)
+    q = percentiles(batch_ms)
+    return {"loader": kind, "form": loader.form, "batch_size": batch_size, "workers": workers, "device": str(device),
+            "epochs": epochs, "samples": samples, "samples_per_s": samples / (batch_ms.sum() / 1000),
+            "batch_ms_p50": q["p50"], "batch_ms_p99": q["p99"], "first_epoch_s": first_epoch_s,
+            "host_peak_rss_mb": memory.host_peak_mb(),
+            "device_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "status": "ok"}
+
+
+def run_loader_bench(args, device: torch.device, run_dir) -> int:
+    root, ids = resolve_data(args.data, args.per_class, args.seed)
+    split, _ = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
+    train_ids = stratified_subset(split["train"], args.subset)
+    print(f"timing {', '.join(args.loader)} over {args.epochs} epochs of {len(train_ids)} samples, batch "
+          f"{args.batch_size}, {args.workers} workers, on {device}; writing {run_dir}")
+    rows, failures = [], 0
+    for kind in args.loader:
+        try:
+            row = time_loader(kind, root, train_ids, args.batch_size, args.workers, device, args.epochs)
+        except (ImportError, RuntimeError, ValueError) as error:  # e.g. DALI not installed: the others still run
+            failures += 1
+            row = {"loader": kind, "batch_size": args.batch_size, "workers": args.workers, "device": str(device),
+                   "status": "failed", "error": str(error).splitlines()[0]}
+            print(f"{kind}: failed: {row['error']}")
+        rows.append(row)
+        append_rows(run_dir / LOADERS, [row], LOADER_COLUMNS)
+    table = pd.DataFrame(rows)
+    baseline = table.loc[(table["loader"] == "torch") & (table["status"] == "ok"), "samples_per_s"]
+    table["ratio_to_torch"] = table["samples_per_s"] / baseline.iloc[0] if len(baseline) else float("nan")
+    table.reindex(columns=LOADER_COLUMNS).to_csv(run_dir / LOADERS, index=False)
+    shown = table.reindex(columns=["loader", "form", "samples_per_s", "ratio_to_torch", "batch_ms_p50", "batch_ms_p99",
+                                   "first_epoch_s", "host_peak_rss_mb", "device_peak_mb", "status"])
+    markdown = shown.to_markdown(index=False, floatfmt=",.2f", missingval="n/a")
+    (run_dir / "loaders.md").write_text(f"# Loaders on {device}\n\n{len(train_ids)} samples, batch {args.batch_size}, "
+                                        f"{args.workers} workers, {args.epochs} timed epochs.\n\n{markdown}\n")
+    print(markdown)
+    return 1 if failures else 0

@@ -1,0 +1,99 @@
+"""The prepared form: what it writes, that it equals read_sample, and that stale copies are refused."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loaders.dataset import CLASSES, DatasetError, discover_ids, load_angles, read_sample
+from loaders.prepare import find_prepared, open_prepared, prepare_dataset
+
+
+def write_sample(root: Path, folder: str, index: int, rng: np.random.Generator, size: int = 64) -> None:
+    """One random RGBA PNG and depth map; noise makes every sample's fingerprint unique."""
+    rgba = rng.integers(0, 256, (size, size, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(root / folder / "rgb" / f"{index:04d}.png")
+    np.save(root / folder / "lidar" / f"{index:04d}.npy", rng.uniform(1, 60, (size, size)).astype(np.float32))
+
+
+def write_dataset(root: Path, per_class: int = 6, size: int = 64, seed: int = 0) -> Path:
+    """A tiny valid dataset; each class gets its own angle tables so a wrong table shows up in XYZA."""
+    rng = np.random.default_rng(seed)
+    for folder in CLASSES:
+        for sub in ("rgb", "lidar"):
+            (root / folder / sub).mkdir(parents=True, exist_ok=True)
+        np.save(root / folder / "azimuth.npy", rng.uniform(-0.5, 0.5, size).astype(np.float32))
+        np.save(root / folder / "zenith.npy", rng.uniform(-0.5, 0.5, size).astype(np.float32))
+        for index in range(per_class):
+            write_sample(root, folder, index, rng, size)
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return write_dataset(tmp_path / "data")
+
+
+def test_prepare_writes_arrays_and_manifest(dataset):
+    folder = prepare_dataset(dataset, progress=False)
+    assert folder == dataset / "prepared"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["ids"] == discover_ids(dataset)
+    assert manifest["source"] == str(dataset.resolve())
+    assert manifest["version"] == 1
+    assert manifest["arrays"]["rgba"] == {"shape": [12, 64, 64, 4], "dtype": "uint8"}
+    assert manifest["arrays"]["depth"] == {"shape": [12, 64, 64], "dtype": "float32"}
+    assert manifest["arrays"]["azimuth"]["shape"] == [2, 64]
+    assert find_prepared(dataset) == folder
+
+
+def test_prepared_values_equal_read_sample(dataset):
+    prepare_dataset(dataset, progress=False)
+    prepared = open_prepared(dataset)
+    ids = discover_ids(dataset)
+    rows = prepared.rows(ids[::-1])
+    for sample_id, row in zip(ids[::-1], rows):
+        rgba, depth, _ = read_sample(dataset, sample_id)
+        np.testing.assert_array_equal(prepared.rgba[row], rgba)
+        np.testing.assert_array_equal(prepared.depth[row], depth)
+    for folder, (_, label) in CLASSES.items():
+        azimuth, zenith = load_angles(str(dataset), folder)
+        np.testing.assert_array_equal(prepared.azimuth[label], azimuth)
+        np.testing.assert_array_equal(prepared.zenith[label], zenith)
+
+
+def test_prepare_to_another_folder_is_not_found_at_root(dataset, tmp_path):
+    folder = prepare_dataset(dataset, out=tmp_path / "elsewhere", progress=False)
+    assert (folder / "manifest.json").is_file()
+    assert find_prepared(dataset) is None
+
+
+def test_a_sample_added_after_preparing_makes_it_stale(dataset):
+    prepare_dataset(dataset, progress=False)
+    write_sample(dataset, "spheres", 99, np.random.default_rng(1))
+    assert find_prepared(dataset) is None
+    with pytest.raises(DatasetError, match=r"stale.*1 added.*sphere_0099.*bench prepare"):
+        open_prepared(dataset)
+    prepare_dataset(dataset, progress=False)
+    assert find_prepared(dataset) == dataset / "prepared"
+
+
+def test_incomplete_or_missing_prepared_forms_are_refused(dataset):
+    assert find_prepared(dataset) is None
+    with pytest.raises(DatasetError, match="manifest.json is missing"):
+        open_prepared(dataset)
+    folder = prepare_dataset(dataset, progress=False)
+    np.save(folder / "depth.npy", np.zeros((3, 64, 64), np.float32))  # as if a write was cut short
+    assert find_prepared(dataset) is None
+    with pytest.raises(DatasetError, match="depth.npy is"):
+        open_prepared(dataset)
+    (folder / "manifest.json").unlink()
+    assert find_prepared(dataset) is None
+
+
+def test_unknown_ids_are_named(dataset):
+    prepare_dataset(dataset, progress=False)
+    with pytest.raises(DatasetError, match="cube_0042"):
+        open_prepared(dataset).rows(["cube_0000", "cube_0042"])
