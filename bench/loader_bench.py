@@ -15,7 +15,8 @@ from loaders.split import stratified_subset
 from reports.results import LOADER_COLUMNS, LOADERS, append_rows
 
 
-def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: torch.device, epochs: int) -> dict:
+def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: torch.device, epochs: int,
+                **options) -> dict:
     """First epoch (construction, decoding, caching) timed on its own, then `epochs` steady epochs."""
     clock = Clock(device)
     memory.reset_host_peak()
@@ -23,7 +24,7 @@ def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: tor
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     loader = make_loader(kind, root, ids, batch_size=batch_size, shuffle=True, drop_last=True, device=device,
-                         workers=workers)
+                         workers=workers, **options)
     for _ in loader:
         pass
     clock.sync()
@@ -46,6 +47,20 @@ def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: tor
             "status": "ok"}
 
 
+def _loader_forms(kinds: list[str], root) -> list[tuple[str, dict]]:
+    """Each loader once; DALI from PNG and, when `bench prepare` made them, from the prepared arrays."""
+    from loaders.prepare import find_prepared
+    forms = []
+    for kind in kinds:
+        if kind != "dali":
+            forms.append((kind, {}))
+        else:
+            forms.append((kind, {"prepared": False}))
+            if find_prepared(root) is not None:
+                forms.append((kind, {"prepared": True}))
+    return forms
+
+
 def run_loader_bench(args, device: torch.device, run_dir) -> int:
     root, ids = resolve_data(args.data, args.per_class, args.seed)
     split, _ = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
@@ -53,9 +68,9 @@ def run_loader_bench(args, device: torch.device, run_dir) -> int:
     print(f"timing {', '.join(args.loader)} over {args.epochs} epochs of {len(train_ids)} samples, batch "
           f"{args.batch_size}, {args.workers} workers, on {device}; writing {run_dir}")
     rows, failures = [], 0
-    for kind in args.loader:
+    for kind, options in _loader_forms(args.loader, root):
         try:
-            row = time_loader(kind, root, train_ids, args.batch_size, args.workers, device, args.epochs)
+            row = time_loader(kind, root, train_ids, args.batch_size, args.workers, device, args.epochs, **options)
         except (ImportError, RuntimeError, ValueError) as error:  # e.g. DALI not installed: the others still run
             failures += 1
             row = {"loader": kind, "batch_size": args.batch_size, "workers": args.workers, "device": str(device),
@@ -69,6 +84,7 @@ def run_loader_bench(args, device: torch.device, run_dir) -> int:
     table.reindex(columns=LOADER_COLUMNS).to_csv(run_dir / LOADERS, index=False)
     shown = table.reindex(columns=["loader", "form", "samples_per_s", "ratio_to_torch", "batch_ms_p50", "batch_ms_p99",
                                    "first_epoch_s", "host_peak_rss_mb", "device_peak_mb", "status"])
+    shown = shown.astype(object).where(shown.notna(), None)  # NaN prints as n/a, not nan
     markdown = shown.to_markdown(index=False, floatfmt=",.2f", missingval="n/a")
     (run_dir / "loaders.md").write_text(f"# Loaders on {device}\n\n{len(train_ids)} samples, batch {args.batch_size}, "
                                         f"{args.workers} workers, {args.epochs} timed epochs.\n\n{markdown}\n")

@@ -155,11 +155,11 @@ def _train_once(variant: Variant, cfg: RunConfig, repeat: int) -> dict:
             ready = clock.mark()
             if step_index == 0:
                 check_class_prior(label.tolist())
+            if frames_before is None and step_index >= cfg.warmup_steps:  # timed steps start here
+                frames_before = _dynamo_counts()["frames"]
             loss_sum += trainer.step(rgb, lidar, label)
             times.add(start, ready, clock.mark())
             steps, step_index = steps + 1, step_index + 1
-            if frames_before is None and step_index >= cfg.warmup_steps:
-                frames_before = _dynamo_counts()["frames"]
         epoch_data, epoch_compute = times.collect()
         epoch_s = time.perf_counter() - t_epoch
         if frames_before is not None:

@@ -18,8 +18,9 @@ Order (shuffle=True): every epoch is a fresh permutation of the whole split, eac
 once, fixed by (seed, epoch) and independent of batch size and threads. png uses the readers'
 `shuffle_after_epoch` with `shuffle_after_epoch_seed=seed` (new in DALI 2.x; without it the
 shuffle ignores every seed). The buffer-based `random_shuffle` is not used: it only mixes within
-`initial_fill` samples and lets samples cross epoch boundaries. prepared uses numpy's
-default_rng([seed, epoch]), so the two forms give different orders for the same seed.
+`initial_fill` samples and lets samples cross epoch boundaries. prepared uses loaders.order, the
+rule the torch and resident loaders share, so it feeds the same batches as they do; png's order
+differs from theirs for the same seed.
 shuffle=False keeps the order of `sample_ids`. With num_shards > 1, shard k reads the slice
 [k * N // S, (k + 1) * N // S) of each epoch's order (the same seed on every rank makes the shards
 disjoint). The png readers pad an epoch's last batch instead of running into the next epoch, and
@@ -43,6 +44,7 @@ except ImportError as error:
     ) from error
 
 from loaders.dataset import DatasetError, depth_to_xyza, label_of, rgba_to_float, sample_files
+from loaders.order import epoch_order
 from loaders.prepare import angle_tables, find_prepared, open_prepared
 
 READER = "rgb_reader"
@@ -92,8 +94,7 @@ class PreparedBatches:
     def order(self, epoch: int) -> np.ndarray:
         """Positions in `rows` this shard reads in `epoch`; every epoch a new full permutation."""
         if self.cached[0] != epoch:
-            n = len(self.rows)
-            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            order = epoch_order(len(self.rows), self.seed, epoch, self.shuffle)
             self.cached = (epoch, order[slice(*self.shard)])
         return self.cached[1]
 

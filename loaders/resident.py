@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from loaders.dataset import CLASSES, depth_to_xyza, load_angles, read_sample, rgba_to_float
+from loaders.order import epoch_order
 
 
 def decode_split(root: str | Path, sample_ids: list[str], workers: int = 4, progress: bool = False) -> dict:
@@ -50,12 +51,8 @@ class ResidentLoader:
         return full if self.drop_last or rest == 0 else full + 1
 
     def order(self, epoch: int) -> torch.Tensor:
-        """The sample order of an epoch: seed + epoch fixes it, so every variant sees the same."""
-        if not self.shuffle:
-            return torch.arange(self.num_samples, device=self.device)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.seed + epoch)
-        return torch.randperm(self.num_samples, generator=generator, device=self.device)
+        """The sample order of an epoch, shared with the other loaders (loaders.order)."""
+        return torch.from_numpy(epoch_order(self.num_samples, self.seed, epoch, self.shuffle)).to(self.device)
 
     def batch(self, index: torch.Tensor):
         t = self.tensors

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from loaders.dataset import DatasetError, depth_to_xyza, load_angles, read_depth, read_rgba, sample_files
+from loaders.order import EpochSampler
 
 
 class FusionDataset(Dataset):
@@ -48,7 +49,11 @@ def seed_worker(worker_id: int) -> None:
 
 
 class TorchLoader:
-    """Seed-style DataLoader; batches are moved to the target device as the seed's loop did."""
+    """Seed-style DataLoader; batches are moved to the target device as the seed's loop did.
+
+    The order comes from EpochSampler (a seeded permutation per epoch, shared with the other
+    loaders); the seeded generator still seeds the workers as in the seed.
+    """
 
     form = "png"
 
@@ -60,7 +65,7 @@ class TorchLoader:
         self.loader = DataLoader(
             FusionDataset(root, sample_ids),
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochSampler(len(sample_ids), seed, shuffle),
             drop_last=drop_last,
             num_workers=workers,
             worker_init_fn=seed_worker,

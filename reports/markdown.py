@@ -32,6 +32,7 @@ def seed_table(ok: pd.DataFrame) -> str:
 def speed_table(ok: pd.DataFrame) -> str:
     table = pd.DataFrame({
         "variant": ok["variant"],
+        "loader": [loader if loader == form else f"{loader} ({form})" for loader, form in zip(ok["loader"], ok["loader_form"])],
         "train samples/s": ok["train_samples_per_s"],
         "± std": ok["train_samples_per_s_std"],
         "step ms p50": ok["step_ms_p50"],
@@ -43,7 +44,7 @@ def speed_table(ok: pd.DataFrame) -> str:
         f"time to {ok['target_acc'].iloc[0]:g}% s": ok["time_to_target_s"],
         "MFU %": 100 * pd.to_numeric(ok["mfu"], errors="coerce"),
     })
-    digits = {c: 1 for c in table.columns if c != "variant"}
+    digits = {c: 1 for c in table.columns if c not in ("variant", "loader")}
     digits.update({"train samples/s": 0, "infer samples/s": 0, "step ms p50": 2, "p90": 2, "p99": 2, "MFU %": 2})
     return _fmt(table, digits).to_markdown(index=False)
 
@@ -89,7 +90,7 @@ def write_report(run_dir: str | Path) -> Path:
         if not ok.empty:
             first = ok.iloc[0]
             lines += [f"{len(ok)} variants, {int(first['epochs'])} epochs on {int(first['train_samples'])} training and "
-                      f"{int(first['val_samples'])} validation samples (data read as `{first['loader_form']}`).", "",
+                      f"{int(first['val_samples'])} validation samples.", "",
                       "## Seed comparison", "", seed_table(ok), "",
                       "## Speed", "", "Throughput and step latency exclude warm-up and compilation; data wait is "
                       "the share of each step spent waiting for the loader.", "", speed_table(ok), ""]

@@ -7,6 +7,7 @@ and the two matches and the label must name the same sample.
 """
 
 import importlib
+import importlib.util
 import sys
 
 import numpy as np
@@ -157,3 +158,17 @@ def test_missing_dali_says_how_to_install(monkeypatch):
     monkeypatch.delitem(sys.modules, "loaders.dali_loader", raising=False)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[dali\]"'):
         importlib.import_module("loaders.dali_loader")
+
+
+def test_torch_resident_and_dali_prepared_feed_the_same_batches(data):
+    """One shuffling rule (loaders.order): the same seed gives every one of them the same epochs."""
+    kinds = [("torch", {"workers": 0}), ("resident", {})]
+    if importlib.util.find_spec("nvidia.dali") is not None:
+        kinds.append(("dali", {"prepared": True}))
+    orders = {}
+    for kind, options in kinds:
+        loader = make_loader(kind, data["root"], data["ids"], batch_size=5, seed=11, **options)
+        orders[kind] = [epoch_ids(loader, data) for _ in range(2)]
+    first = orders["torch"]
+    assert first[0] != first[1]
+    assert all(order == first for order in orders.values()), orders
