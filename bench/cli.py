@@ -108,21 +108,20 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="print the variant matrix without running it")
     _add_matrix_args(p)
 
-    for name, text in (("all", "train and measure every variant of the matrix"),):
-        p = sub.add_parser(name, help=text)
-        _add_data_args(p)
-        _add_matrix_args(p)
-        p.add_argument("--epochs", type=_positive)
-        p.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
-        p.add_argument("--out", help="run directory (default runs/<timestamp>)")
-        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run: skip variants already done there")
-        p.add_argument("--target-acc", type=float, default=99.0, help="validation accuracy %% for time-to-target")
-        p.add_argument("--repeats", type=_positive, default=1, help="train each variant this many times")
-        p.add_argument("--warmup-steps", type=_positive, default=5, help="first steps excluded from timing")
-        p.add_argument("--infer-batch-sizes", type=_csv(_positive), default=[], help="extra inference batch sizes")
-        p.add_argument("--workers", type=int, default=2, help="loader worker processes/threads")
-        p.add_argument("--nvml-period", type=float, default=0.02, help="NVML sampling period in seconds")
-        p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("all", help="train and measure every variant of the matrix")
+    _add_data_args(p)
+    _add_matrix_args(p)
+    p.add_argument("--epochs", type=_positive)
+    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    p.add_argument("--out", help="run directory (default runs/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run: skip variants already done there")
+    p.add_argument("--target-acc", type=float, default=99.0, help="validation accuracy %% for time-to-target")
+    p.add_argument("--repeats", type=_positive, default=1, help="train each variant this many times")
+    p.add_argument("--warmup-steps", type=_positive, default=5, help="first steps excluded from timing")
+    p.add_argument("--infer-batch-sizes", type=_csv(_positive), default=[], help="extra inference batch sizes")
+    p.add_argument("--workers", type=int, default=2, help="loader worker processes/threads")
+    p.add_argument("--nvml-period", type=float, default=0.02, help="NVML sampling period in seconds")
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("loaders", help="time each loader over full epochs")
     _add_data_args(p)
@@ -140,9 +139,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _run_dir(out: str | None, prefix: str = "") -> Path:
-    path = Path(out) if out else Path("runs") / f"{prefix}{datetime.now():%Y%m%d-%H%M%S}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The run directory's path; created by the first file written, so bad input leaves none behind."""
+    return Path(out) if out else Path("runs") / f"{prefix}{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def cmd_data(args) -> None:
@@ -182,6 +180,8 @@ def cmd_all(args) -> int:
     from loaders.split import stratified_subset
     from reports.results import FINGERPRINT, write_env
 
+    if args.resume and not (Path(args.resume) / "results.csv").exists():
+        raise SystemExit(f"error: --resume {args.resume}: no results.csv there (is it a run directory?)")
     device = _device(args)
     if args.amp and args.amp_dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         print(f"{torch.cuda.get_device_name(device)} has no bf16: --amp uses fp16 (with GradScaler)")
@@ -203,6 +203,7 @@ def cmd_all(args) -> int:
            "command": " ".join(sys.argv)}
     env["hardware"] = hardware_key(env)
     _start_nvml(cfg, args, variants[0], env)
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_env(run_dir, env)
     fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
     print(f"{len(variants)} variants, profile {args.profile}, {len(cfg.train_ids)} train / {len(cfg.val_ids)} val "
@@ -237,7 +238,7 @@ def _start_nvml(cfg, args, probe_variant, env: dict) -> None:
 
 def cmd_loaders(args) -> int:
     from bench.loader_bench import run_loader_bench
-    return run_loader_bench(args, _device(args), _run_dir(args.out, "loaders-"))
+    return run_loader_bench(args, _device(args), _run_dir(args.out, "loaders-"))  # made once data resolves
 
 
 def cmd_report(args) -> None:

@@ -65,6 +65,7 @@ def run_loader_bench(args, device: torch.device, run_dir) -> int:
     root, ids = resolve_data(args.data, args.per_class, args.seed)
     split, _ = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
     train_ids = stratified_subset(split["train"], args.subset)
+    run_dir.mkdir(parents=True, exist_ok=True)
     print(f"timing {', '.join(args.loader)} over {args.epochs} epochs of {len(train_ids)} samples, batch "
           f"{args.batch_size}, {args.workers} workers, on {device}; writing {run_dir}")
     rows, failures = [], 0

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reports.results import CURVES, RESULTS, read_table  # noqa: E402
 
@@ -33,6 +34,7 @@ def write_plots(run_dir: str | Path) -> list[Path]:
         for variant, group in curves[curves["repeat"] == curves["repeat"].max()].groupby("variant", sort=False):
             ax.plot(group["epoch"], group["accuracy"], marker="o", label=variant)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("validation accuracy %")
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -38,10 +38,11 @@ def test_all_writes_the_run_directory(tiny_data, tmp_path):
     assert rebuilt.returncode == 0 and (out / "report.md").read_text() == report
 
 
-def test_bad_data_gets_a_clear_error(tmp_path):
-    done = bench("all", "--data", tmp_path / "missing", "--epochs", "1")
+def test_bad_data_gets_a_clear_error_and_leaves_no_run_directory(tmp_path):
+    done = bench("all", "--data", tmp_path / "missing", "--epochs", "1", cwd=tmp_path)
     assert done.returncode == 2
     assert f"dataset folder {tmp_path / 'missing'} does not exist" in done.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_data_and_split_commands(tmp_path):
@@ -59,9 +60,10 @@ def test_data_and_split_commands(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["all", "--batch-size", "0"], "must be at least 1"),
     (["all", "--loader", "webdataset"], "webdataset not one of torch, resident, dali"),
-    (["report", "/nonexistent"], "has no results.csv"),
+    (["report", "nowhere"], "has no results.csv"),
+    (["all", "--resume", "nowhere"], "--resume nowhere: no results.csv there"),
 ])
-def test_bad_options(args, message):
-    done = bench(*args)
+def test_bad_options(args, message, tmp_path):
+    done = bench(*args, cwd=tmp_path)
     assert done.returncode != 0 and message in done.stderr
 
