@@ -83,6 +83,8 @@ def _device(args) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {name} asked for, but torch sees no CUDA device")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # CUDA events and synchronize() act on the current device
     return device
 
 
@@ -230,7 +232,7 @@ def _start_nvml(cfg, args, probe_variant, env: dict) -> None:
         env["nvml"] = f"n/a: {reason}"
         return
     cfg.sampler = NvmlSampler(cfg.device, args.nvml_period)
-    cfg.idle_power_w = cfg.sampler.measure_idle_power()
+    cfg.idle_power_w = cfg.sampler.measure_idle_power(3.0)  # NVML power is a ~1 s average
     env["idle_power_w"] = cfg.idle_power_w
     env["nvml_overhead"] = sampler_overhead(cfg, probe_variant)
     cfg.sampler.start()

@@ -43,7 +43,7 @@ def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: tor
             "epochs": epochs, "samples": samples, "samples_per_s": samples / (batch_ms.sum() / 1000),
             "batch_ms_p50": q["p50"], "batch_ms_p99": q["p99"], "first_epoch_s": first_epoch_s,
             "host_peak_rss_mb": memory.host_peak_mb(),
-            "device_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "torch_device_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             "status": "ok"}
 
 
@@ -84,7 +84,7 @@ def run_loader_bench(args, device: torch.device, run_dir) -> int:
     table["ratio_to_torch"] = table["samples_per_s"] / baseline.iloc[0] if len(baseline) else float("nan")
     table.reindex(columns=LOADER_COLUMNS).to_csv(run_dir / LOADERS, index=False)
     shown = table.reindex(columns=["loader", "form", "samples_per_s", "ratio_to_torch", "batch_ms_p50", "batch_ms_p99",
-                                   "first_epoch_s", "host_peak_rss_mb", "device_peak_mb", "status"])
+                                   "first_epoch_s", "host_peak_rss_mb", "torch_device_peak_mb", "status"])
     shown = shown.astype(object).where(shown.notna(), None)  # NaN prints as n/a, not nan
     markdown = shown.to_markdown(index=False, floatfmt=",.2f", missingval="n/a")
     (run_dir / "loaders.md").write_text(f"# Loaders on {device}\n\n{len(train_ids)} samples, batch {args.batch_size}, "

@@ -13,9 +13,11 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 # Dense peak TFLOP/s from NVIDIA's datasheets and architecture whitepapers (the sparsity
-# figures are 2x these). "fp32" is the non-tensor-core FP32 peak: the harness leaves TF32
-# matmuls off, so fp32 runs never reach the TF32 tensor-core rate. "bf16"/"fp16" are
-# tensor-core peaks with FP32 accumulation, which is what PyTorch uses.
+# figures are 2x these). "fp32" is the non-tensor-core FP32 peak; "bf16"/"fp16" are
+# tensor-core peaks with FP32 accumulation, which is what PyTorch uses. PyTorch runs fp32
+# convolutions in TF32 by default (torch.backends.cudnn.allow_tf32), and convolutions are
+# nearly all of these nets' FLOPs, so fp32 variants are then measured against "tf32": the
+# dense TF32 tensor peak, which is half the BF16 one on every GPU listed here.
 # Keys are matched as whole words in the device name, first match wins, so more specific
 # names come before the names they contain ("H100 PCIe" before "H100").
 PEAK_TFLOPS = {
@@ -39,7 +41,7 @@ PEAK_TFLOPS = {
     # Ada whitepaper, RTX 4090: 82.6 FP32; 165.2 FP16/BF16 tensor with FP32 accumulate.
     "RTX 4090": {"fp32": 82.6, "bf16": 165.2, "fp16": 165.2},
 }
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 def _count_flops(step) -> int:
@@ -85,7 +87,7 @@ def peak_flops(gpu_name: str, precision: str) -> float | None:
     name = gpu_name.upper()
     for key, peaks in PEAK_TFLOPS.items():
         if re.search(rf"(?<![A-Z0-9]){re.escape(key.upper())}(?![A-Z0-9])", name):
-            return peaks[precision] * 1e12
+            return (peaks["bf16"] / 2 if precision == "tf32" else peaks[precision]) * 1e12
     return None
 
 

@@ -168,8 +168,10 @@ def _train_once(variant: Variant, cfg: RunConfig, repeat: int) -> dict:
         compute_ms.append(epoch_compute)
         lr = trainer.optimizer.param_groups[0]["lr"]
         trainer.scheduler.step()
-        val_loss, accuracy = trainer.evaluate(val_loader)
+        t_eval = time.perf_counter()
+        val_loss, accuracy = trainer.evaluate(val_loader)  # .item() inside synchronises
         elapsed = time.perf_counter() - t_start
+        eval_s = elapsed - (t_eval - t_start)
         if math.isnan(time_to_target) and accuracy >= cfg.target_acc:
             time_to_target = elapsed
         skip = max(cfg.warmup_steps - sum(len(d) for d in data_ms[:-1]), 0)
@@ -178,7 +180,7 @@ def _train_once(variant: Variant, cfg: RunConfig, repeat: int) -> dict:
         if not math.isnan(window_sps):
             epoch_windows.append(window_sps)
         curves.append({"variant": variant.name, "repeat": repeat, "epoch": epoch, "train_loss": loss_sum.item() / max(steps, 1),
-                       "val_loss": val_loss, "accuracy": accuracy, "lr": lr, "epoch_s": epoch_s,
+                       "val_loss": val_loss, "accuracy": accuracy, "lr": lr, "epoch_s": epoch_s, "eval_s": eval_s,
                        "train_samples_per_s": window_sps, "elapsed_s": elapsed})
         epochs.set_postfix(acc=f"{accuracy:.1f}", loss=f"{val_loss:.4f}")
     return {"trainer": trainer, "val_loader": val_loader, "curves": curves, "t_start": t_start,
@@ -232,6 +234,7 @@ def _energy(cfg: RunConfig, t0: float, t1: float, samples: int, t_target: float)
 def measure(variant: Variant, cfg: RunConfig) -> VariantResult:
     """Runs a variant `cfg.repeats` times and returns its result row, curves and inference rows."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # reset() keeps them; graphs and breaks are per variant
     memory.reset_peak(cfg.device)
     runs = []
     for repeat in range(cfg.repeats):
@@ -254,8 +257,7 @@ def measure(variant: Variant, cfg: RunConfig) -> VariantResult:
     repeat_sps = [len(d) * variant.batch_size / ((d.sum() + c.sum()) / 1000) for d, c in steady if len(d)]
     windows = repeat_sps if cfg.repeats > 1 else last["epoch_windows"]
     train_sps = float(np.mean(repeat_sps)) if repeat_sps else math.nan
-    warm = last["data_ms"][: cfg.warmup_steps] + last["compute_ms"][: cfg.warmup_steps]
-    compile_s = max(float(warm.sum() - len(warm) * np.median(step_ms)) / 1000, 0.0) if len(step_ms) else math.nan
+    compile_s = _compile_seconds(last, cfg.warmup_steps, np.median(step_ms) if len(step_ms) else math.nan)
     samples_trained = sum(len(r["data_ms"]) for r in runs) * variant.batch_size
     flops = _flops_per_sample(trainer)
     gpu_name = torch.cuda.get_device_name(cfg.device) if cfg.device.type == "cuda" else ""
@@ -295,12 +297,30 @@ def measure(variant: Variant, cfg: RunConfig) -> VariantResult:
         "final_train_loss": final["train_loss"],
         **peak,
         "flops_per_sample": flops,
-        "mfu": mfu.mfu(flops, train_sps, gpu_name, variant.precision) if gpu_name else None,
+        "mfu": mfu.mfu(flops, train_sps, gpu_name, _peak_precision(variant)) if gpu_name else None,
         **_energy(cfg, last["t_start"], last["t_end"], len(last["data_ms"]) * variant.batch_size,
                   last["time_to_target"]),
         "samples_trained": samples_trained,
     }
     return VariantResult(row, curves, inference)
+
+
+def _compile_seconds(run: dict, warmup_steps: int, steady_step_ms: float) -> float:
+    """Extra time of the warm-up steps over steady steps, plus the first evaluation's extra time
+    over the later ones (a compiled model compiles its eval-mode graph there)."""
+    warm = run["data_ms"][:warmup_steps] + run["compute_ms"][:warmup_steps]
+    seconds = float(warm.sum() - len(warm) * steady_step_ms) / 1000
+    evals = [c["eval_s"] for c in run["curves"]]
+    if len(evals) > 1:
+        seconds += evals[0] - float(np.median(evals[1:]))
+    return max(seconds, 0.0)
+
+
+def _peak_precision(variant: Variant) -> str:
+    """The peak an fp32 variant is held to: TF32 when cuDNN may use it for the convolutions."""
+    if variant.precision == "fp32" and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return variant.precision
 
 
 def _flops_per_sample(trainer: Trainer) -> float:

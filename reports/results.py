@@ -26,11 +26,11 @@ RESULT_COLUMNS = SETTINGS + [
     "energy_above_idle_j", "samples_per_j", "j_to_target", "throttled_share", "throttled",
     "samples_trained",
 ] + FINGERPRINT
-CURVE_COLUMNS = ["variant", "repeat", "epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_s",
+CURVE_COLUMNS = ["variant", "repeat", "epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_s", "eval_s",
                  "train_samples_per_s", "elapsed_s"]
 INFERENCE_COLUMNS = ["variant", "batch_size", "samples_per_s", "ms_p50", "ms_p90", "ms_p99"]
 LOADER_COLUMNS = ["loader", "form", "batch_size", "workers", "device", "epochs", "samples", "samples_per_s",
-                  "batch_ms_p50", "batch_ms_p99", "first_epoch_s", "host_peak_rss_mb", "device_peak_mb",
+                  "batch_ms_p50", "batch_ms_p99", "first_epoch_s", "host_peak_rss_mb", "torch_device_peak_mb",
                   "ratio_to_torch", "status", "error"]
 
 RESULTS, CURVES, INFERENCE, LOADERS, ENV = "results.csv", "curves.csv", "inference.csv", "loaders.csv", "env.json"

@@ -17,6 +17,7 @@ from loaders.resident import ResidentLoader
 
 def step_fn(variant: Variant, device: torch.device):
     """A callable running one synchronised training step on fixed random data."""
+    torch._dynamo.reset()  # each case compiles its own static-shape graph, as `bench all` does
     cfg = RunConfig(data_root="", train_ids=[], val_ids=[], device=device, epochs=1)
     trainer = Trainer(variant, cfg)
     rgb = torch.rand(variant.batch_size, 4, 64, 64, device=device)

@@ -72,6 +72,17 @@ def test_peak_flops_known_gpus():
     assert peak_flops("NVIDIA L4", "bf16") == pytest.approx(121e12)
     assert peak_flops("NVIDIA L40S", "bf16") == pytest.approx(362e12)
     assert peak_flops("NVIDIA GeForce RTX 3090", "fp32") == pytest.approx(35.6e12)
+    assert peak_flops("NVIDIA H100 80GB HBM3", "tf32") == pytest.approx(494.5e12)  # half of bf16
+
+
+def test_fp32_variants_are_held_to_the_tf32_peak_while_cudnn_may_use_it(monkeypatch):
+    from bench.runner import _peak_precision
+    from bench.variants import Variant
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert _peak_precision(Variant("add")) == "tf32"
+    assert _peak_precision(Variant("add", precision="bf16")) == "bf16"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert _peak_precision(Variant("add")) == "fp32"
 
 
 def test_peak_flops_unknown_gpu_or_cpu():
