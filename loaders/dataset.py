@@ -89,17 +89,21 @@ def load_angles(root: str | Path, folder: str) -> tuple[np.ndarray, np.ndarray]:
     return _load_vector(base / "azimuth.npy"), _load_vector(base / "zenith.npy")
 
 
-def read_rgba(path: Path) -> np.ndarray:
-    """The image as uint8 [H, W, 4]."""
+def open_rgba(path: Path) -> Image.Image:
+    """The decoded RGBA image; a corrupt file or another mode is an error naming the file."""
     try:
         with Image.open(path) as image:
             image.load()
-            mode, array = image.mode, np.array(image)
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
         raise DatasetError(f"cannot decode PNG {path}: {error}") from None
-    if mode != "RGBA":
-        raise DatasetError(f"{path} is a {mode} image; expected RGBA (4 channels)")
-    return array
+    if image.mode != "RGBA":
+        raise DatasetError(f"{path} is a {image.mode} image; expected RGBA (4 channels)")
+    return image
+
+
+def read_rgba(path: Path) -> np.ndarray:
+    """The image as uint8 [H, W, 4]."""
+    return np.array(open_rgba(path))
 
 
 def read_depth(path: Path, azimuth: np.ndarray, zenith: np.ndarray) -> np.ndarray:

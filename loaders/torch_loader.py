@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from loaders.dataset import DatasetError, depth_to_xyza, load_angles, read_depth, read_rgba, sample_files
+from loaders.dataset import DatasetError, depth_to_xyza, load_angles, open_rgba, read_depth, sample_files
 from loaders.order import EpochSampler
 
 
@@ -31,9 +30,7 @@ class FusionDataset(Dataset):
     def __getitem__(self, index: int):
         files = sample_files(self.root, self.sample_ids[index])
         azimuth, zenith = load_angles(self.root, files.folder)
-        read_rgba(files.rgb)  # validates mode and decodability with a message naming the file
-        with Image.open(files.rgb) as image:
-            rgb = self.transform(image)
+        rgb = self.transform(open_rgba(files.rgb))
         depth = torch.from_numpy(read_depth(files.lidar, azimuth, zenith))
         if rgb.shape[1:] != depth.shape:
             raise DatasetError(f"{files.rgb} resizes to {tuple(rgb.shape[1:])} but {files.lidar} is {tuple(depth.shape)}")
