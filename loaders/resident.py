@@ -55,10 +55,11 @@ class ResidentLoader:
         return torch.from_numpy(epoch_order(self.num_samples, self.seed, epoch, self.shuffle)).to(self.device)
 
     def batch(self, index: torch.Tensor):
+        """One gather per tensor (index_select: on CPU ~10x faster than t[index] for uint8)."""
         t = self.tensors
-        label = t["label"][index]
-        rgb = rgba_to_float(t["rgba"][index])
-        lidar = depth_to_xyza(t["depth"][index], t["azimuth"][label], t["zenith"][label])
+        label = t["label"].index_select(0, index)
+        rgb = rgba_to_float(t["rgba"].index_select(0, index))
+        lidar = depth_to_xyza(t["depth"].index_select(0, index), t["azimuth"][label], t["zenith"][label])
         return rgb, lidar, label
 
     def __iter__(self):
