@@ -43,9 +43,9 @@ except ImportError as error:
         f"(pulls nvidia-dali-cuda130); import failed with: {error}"
     ) from error
 
-from loaders.dataset import DatasetError, depth_to_xyza, label_of, rgba_to_float, sample_files
+from loaders.dataset import DatasetError, angle_tables, depth_to_xyza, label_of, rgba_to_float, sample_files
 from loaders.order import epoch_order
-from loaders.prepare import angle_tables, find_prepared, open_prepared
+from loaders.prepare import find_prepared, open_prepared
 
 READER = "rgb_reader"
 OUTPUTS = ["rgba", "depth", "label"]

@@ -101,6 +101,15 @@ def open_rgba(path: Path) -> Image.Image:
     return image
 
 
+def angle_tables(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(azimuth [C, H], zenith [C, W]) with row k belonging to the class whose label is k, so a
+    batch looks its tables up by label."""
+    root = str(Path(root).expanduser())
+    folders = sorted(CLASSES, key=lambda folder: CLASSES[folder][1])
+    angles = [load_angles(root, folder) for folder in folders]
+    return np.stack([a for a, _ in angles]), np.stack([z for _, z in angles])
+
+
 def read_rgba(path: Path) -> np.ndarray:
     """The image as uint8 [H, W, 4]."""
     return np.array(open_rgba(path))

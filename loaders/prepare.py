@@ -23,20 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from loaders.dataset import CLASSES, DatasetError, discover_ids, load_angles
+from loaders.dataset import DatasetError, discover_ids
 
 FORMAT = "fusionbench-prepared"
 VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = ("rgba", "depth", "azimuth", "zenith")
-
-
-def angle_tables(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(azimuth [C, H], zenith [C, W]) with row k belonging to the class whose label is k."""
-    root = str(Path(root).expanduser())
-    folders = sorted(CLASSES, key=lambda folder: CLASSES[folder][1])
-    angles = [load_angles(root, folder) for folder in folders]
-    return np.stack([a for a, _ in angles]), np.stack([z for _, z in angles])
 
 
 def prepare_dataset(root: str | Path, out: str | Path | None = None, progress: bool = True) -> Path:
@@ -49,8 +41,7 @@ def prepare_dataset(root: str | Path, out: str | Path | None = None, progress: b
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
     decoded = decode_split(root, ids, progress=progress)
-    azimuth, zenith = angle_tables(root)
-    arrays = {"rgba": decoded["rgba"].numpy(), "depth": decoded["depth"].numpy(), "azimuth": azimuth, "zenith": zenith}
+    arrays = {name: decoded[name].numpy() for name in ARRAYS}
     for name, array in arrays.items():
         np.save(out / f"{name}.npy", np.ascontiguousarray(array))
     manifest = {

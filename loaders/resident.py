@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from loaders.dataset import CLASSES, depth_to_xyza, load_angles, read_sample, rgba_to_float
+from loaders.dataset import angle_tables, depth_to_xyza, read_sample, rgba_to_float
 from loaders.order import epoch_order
 
 
@@ -21,14 +21,13 @@ def decode_split(root: str | Path, sample_ids: list[str], workers: int = 4, prog
     with ThreadPoolExecutor(max(workers, 1)) as pool:
         samples = list(tqdm(pool.map(lambda i: read_sample(root, i), sample_ids), total=len(sample_ids),
                             desc="decode", unit="sample", disable=not progress, leave=False))
-    folders = list(CLASSES)  # label k's angle tables are at row k
-    angles = [load_angles(root, folder) for folder in folders]
+    azimuth, zenith = angle_tables(root)
     return {
         "rgba": torch.from_numpy(np.stack([s[0] for s in samples])),
         "depth": torch.from_numpy(np.stack([s[1] for s in samples])),
         "label": torch.tensor([s[2] for s in samples], dtype=torch.int64),
-        "azimuth": torch.from_numpy(np.stack([a for a, _ in angles])),
-        "zenith": torch.from_numpy(np.stack([z for _, z in angles])),
+        "azimuth": torch.from_numpy(azimuth),
+        "zenith": torch.from_numpy(zenith),
     }
 
 
