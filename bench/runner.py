@@ -8,42 +8,21 @@ import math
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench import memory, mfu
-from bench.timing import Clock, StepTimes, percentiles
+from bench.config import RunConfig, RunContext
+from bench.instruments import memory, mfu
+from bench.instruments.timing import Clock, StepTimes, percentiles
 from bench.variants import Variant
 from loaders import make_loader
 from loaders.split import check_class_prior
 from models import build_model, count_parameters
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class RunConfig:
-    data_root: str
-    train_ids: list[str]
-    val_ids: list[str]
-    device: torch.device
-    epochs: int = 20
-    lr: float = 1e-4
-    seed: int = 42
-    warmup_steps: int = 5
-    target_acc: float = 99.0
-    repeats: int = 1
-    infer_batch_sizes: tuple[int, ...] = ()
-    infer_iters: int = 20
-    workers: int = 2
-    sampler: object = None  # bench.nvml.NvmlSampler while NVML works, else None
-    nvml_reason: str = ""  # why NVML columns are empty
-    idle_power_w: float | None = None
-    progress: bool = True
-    loader_cache: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -59,14 +38,14 @@ def _dynamo_counts() -> dict:
             "graph_breaks": sum(counters["graph_break"].values())}
 
 
-def _loader(variant: Variant, cfg: RunConfig, ids: list[str], train: bool):
+def _loader(variant: Variant, cfg: RunConfig, ctx: RunContext, ids: list[str], train: bool):
     options = {}
     if variant.loader == "resident":
         from loaders.resident import decode_split
         key = ("resident", "train" if train else "val")
-        if key not in cfg.loader_cache:
-            cfg.loader_cache[key] = decode_split(cfg.data_root, ids, progress=cfg.progress)
-        options["tensors"] = cfg.loader_cache[key]
+        if key not in ctx.loader_cache:
+            ctx.loader_cache[key] = decode_split(cfg.data_root, ids, progress=cfg.progress)
+        options["tensors"] = ctx.loader_cache[key]
     loader = make_loader(variant.loader, cfg.data_root, ids, batch_size=variant.batch_size, shuffle=train,
                          drop_last=True, seed=cfg.seed, device=cfg.device, workers=cfg.workers, **options)
     if len(loader) == 0:
@@ -128,10 +107,10 @@ class Trainer:
         return loss_sum.item() / batches, 100.0 * correct.item() / total
 
 
-def _train_once(variant: Variant, cfg: RunConfig, repeat: int) -> dict:
+def _train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -> dict:
     """Trains one fresh model; returns per-step times, per-epoch curves and the trainer."""
     trainer = Trainer(variant, cfg)
-    train_loader, val_loader = _loader(variant, cfg, cfg.train_ids, True), _loader(variant, cfg, cfg.val_ids, False)
+    train_loader, val_loader = _loader(variant, cfg, ctx, cfg.train_ids, True), _loader(variant, cfg, ctx, cfg.val_ids, False)
     clock = Clock(cfg.device)
     times = StepTimes(clock)
     curves, data_ms, compute_ms, epoch_windows = [], [], [], []
@@ -220,35 +199,36 @@ def _inference(trainer: Trainer, val_loader, variant: Variant, cfg: RunConfig) -
     return rows
 
 
-def _energy(cfg: RunConfig, t0: float, t1: float, samples: int, t_target: float) -> dict:
-    from bench.nvml import nvml_unavailable_reason, summarize
-    if cfg.sampler is None:
-        return {"nvml_note": cfg.nvml_reason or nvml_unavailable_reason(cfg.device) or "NVML sampler not running"}
-    timeline = cfg.sampler.timeline()
-    summary = summarize(timeline, t0, t1, cfg.idle_power_w, samples)
+def _energy(cfg: RunConfig, ctx: RunContext, t0: float, t1: float, samples: int, t_target: float) -> dict:
+    from bench.instruments.nvml import nvml_unavailable_reason, summarize
+    if ctx.sampler is None:
+        return {"nvml_note": ctx.nvml_reason or nvml_unavailable_reason(cfg.device) or "NVML sampler not running"}
+    timeline = ctx.sampler.timeline()
+    summary = summarize(timeline, t0, t1, ctx.idle_power_w, samples)
     if not math.isnan(t_target):
-        summary["j_to_target"] = summarize(timeline, t0, t0 + t_target, cfg.idle_power_w, samples)["energy_j"]
+        summary["j_to_target"] = summarize(timeline, t0, t0 + t_target, ctx.idle_power_w, samples)["energy_j"]
     return summary
 
 
-def measure(variant: Variant, cfg: RunConfig) -> VariantResult:
+def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> VariantResult:
     """Runs a variant `cfg.repeats` times and returns its result row, curves and inference rows."""
+    ctx = ctx or RunContext()
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # reset() keeps them; graphs and breaks are per variant
     memory.reset_peak(cfg.device)
     runs = []
     for repeat in range(cfg.repeats):
-        if cfg.sampler is not None:
-            cfg.sampler.mark(f"{variant.name}:train:{repeat}")
-        runs.append(_train_once(variant, cfg, repeat))
-    if cfg.sampler is not None:
-        cfg.sampler.mark(f"{variant.name}:inference")
+        if ctx.sampler is not None:
+            ctx.sampler.mark(f"{variant.name}:train:{repeat}")
+        runs.append(_train_once(variant, cfg, ctx, repeat))
+    if ctx.sampler is not None:
+        ctx.sampler.mark(f"{variant.name}:inference")
     last = runs[-1]
     trainer = last["trainer"]
     inference = _inference(trainer, last["val_loader"], variant, cfg) if cfg.infer_iters > 0 else []
     peak = memory.read_peak(cfg.device)
-    if cfg.sampler is not None:
-        cfg.sampler.mark("idle")
+    if ctx.sampler is not None:
+        ctx.sampler.mark("idle")
 
     steady = [(r["data_ms"][cfg.warmup_steps:], r["compute_ms"][cfg.warmup_steps:]) for r in runs]
     data_ms = np.concatenate([d for d, _ in steady])
@@ -298,7 +278,7 @@ def measure(variant: Variant, cfg: RunConfig) -> VariantResult:
         **peak,
         "flops_per_sample": flops,
         "mfu": mfu.mfu(flops, train_sps, gpu_name, _peak_precision(variant)) if gpu_name else None,
-        **_energy(cfg, last["t_start"], last["t_end"], len(last["data_ms"]) * variant.batch_size,
+        **_energy(cfg, ctx, last["t_start"], last["t_end"], len(last["data_ms"]) * variant.batch_size,
                   last["time_to_target"]),
         "samples_trained": samples_trained,
     }

@@ -8,7 +8,8 @@ later `--benchmark-compare --benchmark-compare-fail=mean:10%` fails on a >10 % s
 import pytest
 import torch
 
-from bench.runner import RunConfig, Trainer
+from bench.config import RunConfig
+from bench.runner import Trainer
 from bench.variants import Variant
 from conftest import requires_cuda
 from loaders.dataset import discover_ids

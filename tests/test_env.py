@@ -4,7 +4,7 @@ import re
 
 import torch
 
-from bench.env import collect_env, hardware_key
+from bench.instruments.env import collect_env, hardware_key
 
 STRING_KEYS = [
     "device", "gpu_name", "driver", "cuda", "cudnn", "torch", "torchvision", "triton", "dali",

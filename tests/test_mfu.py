@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.mfu import forward_flops_per_sample, mfu, peak_flops, train_flops_per_sample
+from bench.instruments.mfu import forward_flops_per_sample, mfu, peak_flops, train_flops_per_sample
 
 BATCH, CHANNELS, SIDE = 3, 2, 4
 IN = 2 * CHANNELS * SIDE * SIDE  # both modalities, flattened and concatenated

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import nvml
-from bench.nvml import COLUMNS, NvmlSampler, label_samples, nvml_unavailable_reason, summarize
+from bench.instruments import nvml
+from bench.instruments.nvml import COLUMNS, NvmlSampler, label_samples, nvml_unavailable_reason, summarize
 
 NAN = math.nan
 

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import run as run_module
-from bench.run import run_matrix
-from bench.runner import RunConfig, measure
+from bench import matrix as run_module
+from bench.config import RunConfig
+from bench.matrix import run_matrix
+from bench.runner import measure
 from bench.variants import Variant
 from loaders.dataset import discover_ids
 from loaders.split import make_split, stratified_subset
@@ -71,10 +72,10 @@ def test_compiled_variant_on_cpu(tiny_data, split):
 def test_failure_is_recorded_and_the_run_goes_on(tiny_data, split, tmp_path, monkeypatch):
     real_measure = run_module.measure
 
-    def flaky(variant, cfg):
+    def flaky(variant, cfg, ctx=None):
         if variant.arch == "mul":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_measure(variant, cfg)
+        return real_measure(variant, cfg, ctx)
 
     monkeypatch.setattr(run_module, "measure", flaky)
     variants = [Variant("mul", batch_size=8, loader="resident"), Variant("add", batch_size=8, loader="resident")]
@@ -90,7 +91,7 @@ def test_failure_is_recorded_and_the_run_goes_on(tiny_data, split, tmp_path, mon
 
 def test_resume_skips_finished_variants(tiny_data, split, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(run_module, "measure", lambda v, cfg: calls.append(v.name) or fake_result(v))
+    monkeypatch.setattr(run_module, "measure", lambda v, cfg, ctx=None: calls.append(v.name) or fake_result(v))
     first = [Variant("add", batch_size=8)]
     run_matrix(first, config(tiny_data, split), tmp_path, {})
     run_matrix(first + [Variant("mul", batch_size=8)], config(tiny_data, split), tmp_path, {}, resume=True)
@@ -99,7 +100,7 @@ def test_resume_skips_finished_variants(tiny_data, split, tmp_path, monkeypatch)
 
 
 def test_ctrl_c_leaves_a_valid_partial_report(tiny_data, split, tmp_path, monkeypatch):
-    def interrupted(variant, cfg):
+    def interrupted(variant, cfg, ctx=None):
         if variant.arch == "mul":
             raise KeyboardInterrupt
         return fake_result(variant)

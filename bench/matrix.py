@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.runner import RunConfig, failed_row, measure
+from bench.config import RunConfig, RunContext
+from bench.runner import failed_row, measure
 from bench.variants import Variant
 from reports.markdown import write_report
 from reports.plots import write_plots
@@ -17,8 +18,10 @@ from reports.results import CURVE_COLUMNS, CURVES, INFERENCE, INFERENCE_COLUMNS,
 NVML_FILE = "nvml.csv"
 
 
-def run_matrix(variants: list[Variant], cfg: RunConfig, run_dir: Path, fingerprint: dict, resume: bool = False) -> int:
+def run_matrix(variants: list[Variant], cfg: RunConfig, run_dir: Path, fingerprint: dict, resume: bool = False,
+               ctx: RunContext | None = None) -> int:
     """Measures each variant; returns how many failed. Ctrl-C still leaves a valid report."""
+    ctx = ctx or RunContext()
     done = done_variants(run_dir) if resume else set()
     todo = [v for v in variants if v.name not in done]
     if done:
@@ -27,7 +30,7 @@ def run_matrix(variants: list[Variant], cfg: RunConfig, run_dir: Path, fingerpri
     try:
         for variant in tqdm(todo, desc="variants", unit="variant", disable=not cfg.progress):
             try:
-                result = measure(variant, cfg)
+                result = measure(variant, cfg, ctx)
             except (Exception, torch.OutOfMemoryError) as error:  # one broken variant must not end the run
                 failures += 1
                 tqdm.write(f"{variant.name} failed: {type(error).__name__}: {error}")
@@ -40,11 +43,11 @@ def run_matrix(variants: list[Variant], cfg: RunConfig, run_dir: Path, fingerpri
             row = result.row
             tqdm.write(f"{variant.name}: accuracy {row['accuracy']:.2f}%  val_loss {row['val_loss']:.4f}  "
                        f"{row['train_samples_per_s']:,.0f} train samples/s  {row['sec_per_epoch']:.2f} s/epoch")
-            if cfg.sampler is not None:
-                cfg.sampler.to_csv(run_dir / NVML_FILE)
+            if ctx.sampler is not None:
+                ctx.sampler.to_csv(run_dir / NVML_FILE)
     finally:
-        if cfg.sampler is not None:
-            cfg.sampler.to_csv(run_dir / NVML_FILE)
+        if ctx.sampler is not None:
+            ctx.sampler.to_csv(run_dir / NVML_FILE)
         write_report(run_dir)
         write_plots(run_dir)
     return failures
@@ -55,9 +58,9 @@ def _free_memory(cfg: RunConfig) -> None:
         torch.cuda.empty_cache()
 
 
-def sampler_overhead(cfg: RunConfig, variant: Variant, steps: int = 50, rounds: int = 3) -> dict:
+def sampler_overhead(cfg: RunConfig, ctx: RunContext, variant: Variant, steps: int = 50, rounds: int = 3) -> dict:
     """Training throughput with and without the NVML sampler, alternated so drift hits both alike."""
-    from bench.nvml import NvmlSampler
+    from bench.instruments.nvml import NvmlSampler
     from bench.runner import Trainer
 
     trainer = Trainer(variant, cfg)
@@ -77,7 +80,7 @@ def sampler_overhead(cfg: RunConfig, variant: Variant, steps: int = 50, rounds: 
     without, with_sampler = [], []
     for _ in range(rounds):
         without.append(rate())
-        with NvmlSampler(cfg.device, cfg.sampler.period_s):
+        with NvmlSampler(cfg.device, ctx.sampler.period_s):
             with_sampler.append(rate())
     base, sampled = float(np.median(without)), float(np.median(with_sampler))
     return {"samples_per_s_without": base, "samples_per_s_with": sampled,

@@ -7,9 +7,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from bench import memory
-from bench.data import resolve_data, resolve_split
-from bench.timing import Clock, percentiles
+from bench.datasource import resolve_data, resolve_split
+from bench.instruments import memory
+from bench.instruments.timing import Clock, percentiles
+from bench.options import add_data_args, csv_list, positive, resolve_device
+from loaders import LOADERS as LOADER_KINDS
 from loaders import make_loader
 from loaders.split import stratified_subset
 from reports.results import LOADER_COLUMNS, LOADERS, append_rows
@@ -61,7 +63,22 @@ def _loader_forms(kinds: list[str], root) -> list[tuple[str, dict]]:
     return forms
 
 
-def run_loader_bench(args, device: torch.device, run_dir) -> int:
+def add_parser(sub) -> None:
+    p = sub.add_parser("loaders", help="time each loader over full epochs")
+    add_data_args(p)
+    p.add_argument("--loader", type=csv_list(str, LOADER_KINDS), default=list(LOADER_KINDS))
+    p.add_argument("--batch-size", type=positive, default=32)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--epochs", type=positive, default=2, help="timed epochs after the first")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--out", help="run directory (default runs/loaders-<timestamp>)")
+    p.add_argument("--subset", type=positive, help="time only this many training samples")
+
+
+def run(args) -> int:
+    from bench.commands.all import run_dir_path
+    device = resolve_device(args.device)
+    run_dir = run_dir_path(args.out, "loaders-")  # made once data resolves
     root, ids = resolve_data(args.data, args.per_class, args.seed)
     split, _ = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
     train_ids = stratified_subset(split["train"], args.subset)

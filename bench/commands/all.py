@@ -1,0 +1,97 @@
+"""`bench all`: train and measure every variant of the matrix into a run directory."""
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from bench.options import PROFILES, add_data_args, add_matrix_args, csv_list, matrix, positive, resolve_device
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("all", help="train and measure every variant of the matrix")
+    add_data_args(p)
+    add_matrix_args(p)
+    p.add_argument("--epochs", type=positive)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--out", help="run directory (default runs/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run: skip variants already done there")
+    p.add_argument("--target-acc", type=float, default=99.0, help="validation accuracy %% for time-to-target")
+    p.add_argument("--repeats", type=positive, default=1, help="train each variant this many times")
+    p.add_argument("--warmup-steps", type=positive, default=5, help="first steps excluded from timing")
+    p.add_argument("--infer-batch-sizes", type=csv_list(positive), default=[], help="extra inference batch sizes")
+    p.add_argument("--workers", type=int, default=2, help="loader worker processes/threads")
+    p.add_argument("--nvml-period", type=float, default=0.02, help="NVML sampling period in seconds")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_dir_path(out: str | None, prefix: str = "") -> Path:
+    """The run directory's path; created by the first file written, so bad input leaves none behind."""
+    return Path(out) if out else Path("runs") / f"{prefix}{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def run(args) -> int:
+    from bench.config import RunConfig, RunContext
+    from bench.datasource import resolve_data, resolve_split
+    from bench.instruments.env import collect_env, hardware_key
+    from bench.matrix import run_matrix
+    from loaders.split import stratified_subset
+    from reports.results import FINGERPRINT, write_env
+
+    if args.resume and not (Path(args.resume) / "results.csv").exists():
+        raise SystemExit(f"error: --resume {args.resume}: no results.csv there (is it a run directory?)")
+    device = resolve_device(args.device)
+    amp_dtype = args.amp_dtype
+    if args.amp and amp_dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        print(f"{torch.cuda.get_device_name(device)} has no bf16: --amp uses fp16 (with GradScaler)")
+        amp_dtype = "fp16"
+    profile_name = args.profile or ("seed" if device.type == "cuda" else "quick")
+    profile = PROFILES[profile_name]
+    variants = matrix(args, profile_name, amp_dtype)
+    run_dir = run_dir_path(args.resume or args.out)
+    root, ids = resolve_data(args.data, args.per_class, args.seed, progress=not args.no_progress)
+    split, split_path = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
+    cfg = RunConfig(
+        data_root=str(root),
+        train_ids=stratified_subset(split["train"], profile["train_limit"]),
+        val_ids=stratified_subset(split["val"], profile["val_limit"]),
+        device=device, epochs=args.epochs or profile["epochs"], seed=args.seed, warmup_steps=args.warmup_steps,
+        target_acc=args.target_acc, repeats=args.repeats, infer_batch_sizes=tuple(args.infer_batch_sizes),
+        infer_iters=profile["infer_iters"], workers=args.workers, progress=not args.no_progress)
+    ctx = RunContext()
+    env = {**collect_env(device), "profile": profile_name, "data": str(root), "split": str(split_path),
+           "command": " ".join(sys.argv)}
+    env["hardware"] = hardware_key(env)
+    _start_nvml(cfg, ctx, args.nvml_period, variants[0], env)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_env(run_dir, env)
+    fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
+    print(f"{len(variants)} variants, profile {profile_name}, {len(cfg.train_ids)} train / {len(cfg.val_ids)} val "
+          f"samples, {cfg.epochs} epochs on {device}; writing {run_dir}")
+    try:
+        failures = run_matrix(variants, cfg, run_dir, fingerprint, resume=bool(args.resume), ctx=ctx)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the variants that finished are in {run_dir}; continue with --resume {run_dir}")
+        return 130
+    finally:
+        if ctx.sampler is not None:
+            ctx.sampler.stop()
+    print(f"report: {run_dir / 'report.md'}" + (f" ({failures} variants failed)" if failures else ""))
+    return 1 if failures else 0
+
+
+def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict) -> None:
+    """Starts the sampler when NVML can watch this device; else records why its columns are empty."""
+    from bench.instruments.nvml import NvmlSampler, nvml_unavailable_reason
+    from bench.matrix import sampler_overhead
+    reason = nvml_unavailable_reason(cfg.device)
+    if reason:
+        ctx.nvml_reason = reason
+        env["nvml"] = f"n/a: {reason}"
+        return
+    ctx.sampler = NvmlSampler(cfg.device, period_s)
+    ctx.idle_power_w = ctx.sampler.measure_idle_power(3.0)  # NVML power is a ~1 s average
+    env["idle_power_w"] = ctx.idle_power_w
+    env["nvml_overhead"] = sampler_overhead(cfg, ctx, probe_variant)
+    ctx.sampler.start()

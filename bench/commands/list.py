@@ -1,0 +1,14 @@
+"""`bench list`: print the variant matrix the same flags would run, without running it."""
+
+import torch
+
+from bench.options import add_matrix_args, matrix
+
+
+def add_parser(sub) -> None:
+    add_matrix_args(sub.add_parser("list", help="print the variant matrix without running it"))
+
+
+def run(args) -> None:
+    for variant in matrix(args, args.profile or ("seed" if torch.cuda.is_available() else "quick")):
+        print(variant.name)

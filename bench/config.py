@@ -1,0 +1,33 @@
+"""What a run is asked to do (RunConfig, frozen) apart from the live objects it uses (RunContext)."""
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings that shape the results; parsed once from the command line, never mutated."""
+    data_root: str
+    train_ids: list[str]
+    val_ids: list[str]
+    device: torch.device
+    epochs: int = 20
+    lr: float = 1e-4
+    seed: int = 42
+    warmup_steps: int = 5
+    target_acc: float = 99.0
+    repeats: int = 1
+    infer_batch_sizes: tuple[int, ...] = ()
+    infer_iters: int = 20
+    workers: int = 2
+    progress: bool = True
+
+
+@dataclass
+class RunContext:
+    """State shared by the variants of one run: the NVML sampler and decoded splits."""
+    sampler: object = None  # bench.instruments.nvml.NvmlSampler while NVML works, else None
+    nvml_reason: str = ""  # why NVML columns are empty
+    idle_power_w: float | None = None
+    loader_cache: dict = field(default_factory=dict)

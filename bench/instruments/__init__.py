@@ -1,0 +1,1 @@
+"""Instruments: clocks, memory peaks, the NVML sampler, the environment fingerprint and MFU."""

@@ -1,0 +1,98 @@
+"""Command-line pieces shared by several commands: list types, argument groups, profiles, devices."""
+
+import argparse
+
+import torch
+
+from bench.variants import COMPILE_MODES, MEMORY_FORMATS, build_matrix, filter_variants
+from loaders import LOADERS
+from models import ARCHITECTURES, DOWNSAMPLES
+
+# A profile is a set of defaults; any flag given on the command line wins. `seed` is the seed's
+# exact job. `quick` fits two CPU cores in about five minutes: the resident loader so the cores
+# train rather than decode PNGs, and batch 16 so the seed's lr 1e-4 gets enough steps to learn.
+PROFILES = {
+    "quick": {"epochs": 3, "batch_size": [16], "loader": ["resident"], "train_limit": 1024, "val_limit": 160,
+              "infer_iters": 3},
+    "seed": {"epochs": 20, "batch_size": [32], "loader": ["torch"], "train_limit": None, "val_limit": None,
+             "infer_iters": 50},
+}
+
+
+def csv_list(kind, allowed=None):
+    """argparse type for a comma-separated list, each item checked against `allowed`."""
+    def parse(text: str) -> list:
+        items = [kind(item) for item in text.split(",") if item]
+        if allowed is not None:
+            bad = [i for i in items if i not in allowed]
+            if bad:
+                raise argparse.ArgumentTypeError(f"{', '.join(map(str, bad))} not one of {', '.join(allowed)}")
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        return items
+    return parse
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset root in the NVIDIA assessment layout (default: generate data/synthetic)")
+    p.add_argument("--split", help="split JSON {seed, train, val} (default: DATA/split.json, made on first use)")
+    p.add_argument("--seed", type=int, default=42, help="seed for data generation, the split, shuffling and init")
+    p.add_argument("--per-class", type=positive, default=3000, help="samples per class when generating data")
+
+
+def add_matrix_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", type=csv_list(str, ARCHITECTURES), default=list(ARCHITECTURES), help="late,concat,add,mul")
+    p.add_argument("--downsample", type=csv_list(str, DOWNSAMPLES), default=["maxpool"], help="maxpool,strided")
+    p.add_argument("--amp", action="store_true", help="add autocast variants beside fp32")
+    p.add_argument("--amp-dtype", choices=("bf16", "fp16"), default="bf16", help="autocast dtype for --amp (fp16 uses GradScaler)")
+    p.add_argument("--compile", action="store_true", help="add torch.compile variants beside eager")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES[1:], default="default", help="torch.compile mode for --compile")
+    p.add_argument("--memory-format", type=csv_list(str, MEMORY_FORMATS), default=["contiguous"], help="contiguous,channels_last")
+    p.add_argument("--batch-size", type=csv_list(positive), help="training batch size(s), e.g. 32,512 (profile default 32)")
+    p.add_argument("--loader", type=csv_list(str, LOADERS), help="torch,resident,dali (profile default: quick resident, seed torch)")
+    p.add_argument("--variants", nargs="+", metavar="PATTERN", help="keep variants whose name matches (glob or substring)")
+    p.add_argument("--profile", choices=PROFILES, help="quick (default without a GPU) or seed (default with one)")
+
+
+def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
+    """The variants the matrix flags ask for, the profile filling what they leave out."""
+    profile = PROFILES[profile_name]
+    amp_dtype = amp_dtype or args.amp_dtype
+    variants = build_matrix(args.arch, args.downsample, ["fp32", amp_dtype] if args.amp else ["fp32"],
+                            ["none", args.compile_mode] if args.compile else ["none"], args.memory_format,
+                            args.batch_size or profile["batch_size"], args.loader or profile["loader"])
+    chosen = filter_variants(variants, args.variants)
+    if not chosen:
+        raise SystemExit(f"error: --variants {' '.join(args.variants)} matches none of the {len(variants)} variants "
+                         "(see `python -m bench list`)")
+    return chosen
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The device a command runs on, always with an index on CUDA: --device as given (cpu, cuda,
+    cuda:N), else cuda when available. CUDA events and synchronize() act on the current device, so
+    it is made current; torch.cuda.set_device needs the index that a bare "cuda" lacks."""
+    text = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {text}: expected cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"error: --device {text}: expected cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {text} asked for, but torch sees no CUDA device")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise SystemExit(f"error: --device {text}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
