@@ -45,9 +45,12 @@ class Setup:
     split: dict | None = None
     runs: dict = field(default_factory=dict)  # Variant -> measure() row, so inference reuses fp32
 
-    def config(self) -> RunConfig:
+    def require_data(self) -> None:
         if self.split is None:
             raise RuntimeError("no tiny dataset (see the tiny dataset check)")
+
+    def config(self) -> RunConfig:
+        self.require_data()
         return RunConfig(data_root=str(self.data), train_ids=self.split["train"], val_ids=self.split["val"],
                          device=self.device, epochs=1, warmup_steps=1, infer_iters=2, workers=0, progress=False)
 
@@ -128,8 +131,7 @@ def check_loader(setup: Setup, kind: str) -> tuple[str, str]:
     """An epoch on the device must hold the same samples as the torch loader gives on the CPU."""
     if kind == "dali" and not _installed("nvidia.dali"):
         return SKIP, DALI_HINT
-    if setup.split is None:
-        raise RuntimeError("no tiny dataset (see the tiny dataset check)")
+    setup.require_data()
     rgb, lidar, label = _epoch(kind, setup, setup.device, setup.workers)
     ref_rgb, ref_lidar, ref_label = _epoch("torch", setup, torch.device("cpu"), 0)
     if rgb.device.type != setup.device.type:

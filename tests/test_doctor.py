@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import requires_cuda
 
 from bench import doctor_checks
 from bench.cli import main
@@ -40,6 +41,16 @@ def test_doctor_passes_the_cpu_paths_and_skips_the_gpu_paths(tmp_path, capsys, m
     assert table["loader dali"][0] in (PASS, SKIP)  # SKIP only where DALI is not installed
     assert "graphs" in table["compile default"][1]
     assert statuses(out.read_text()) == table
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_doctor_passes_the_gpu_paths_on_a_gpu(tiny_data, capsys):
+    assert main(["doctor", "--device", "cuda", "--data", str(tiny_data), "--skip-compile"]) == 0
+    table = statuses(capsys.readouterr().out)
+    for name in ("loader torch", "loader resident", "CUDA events", "NVML sampling", "train fp32", "inference timing",
+                 "train fp16 autocast"):
+        assert table[name][0] == PASS, (name, table[name])
 
 
 def test_a_failing_path_is_a_fail_with_exit_1_and_the_whole_table(tiny_data, tmp_path, capsys, monkeypatch):
