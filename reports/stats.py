@@ -72,5 +72,5 @@ def compare_samples(a, b, *, higher_is_better: bool, level: float = 0.99, alpha:
         verdict = SAME
     else:
         verdict = INCONCLUSIVE
-        reason = f"p = {p:.3g}, interval {low:.3f}-{high:.3f}"
+        reason = f"p = {p:.2g} >= {alpha:g}" if p >= alpha else f"interval not within ±{margin:.0%}"
     return Verdict(ratio, low, high, p, n_a, n_b, verdict, reason)

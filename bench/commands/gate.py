@@ -99,7 +99,9 @@ def run_case(tree: Path, case: str) -> list[float]:
                                "--benchmark-enable", f"--benchmark-json={out.name}"], cwd=tree,
                               capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"rerun of {case} in {tree} failed: {done.stdout.strip().splitlines()[-1:]}")
+            from reports.gate import GateError
+            last = (done.stdout.strip().splitlines() or ["no output"])[-1]
+            raise GateError(f"--confirm: rerun of {case} in {tree} failed ({last})")
         return json.loads(Path(out.name).read_text())["benchmarks"][0]["stats"]["data"]
 
 
