@@ -73,6 +73,15 @@ def plot_accuracy_vs_throughput(ok: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def variant_starts(nvml: pd.DataFrame) -> list[tuple[float, str]]:
+    """(seconds from the first sample, variant) where each variant's samples begin, from the
+    sampler's markers ("<variant>:train:<repeat>", "<variant>:inference", "idle")."""
+    t = nvml["time"] - nvml["time"].iloc[0]
+    variants = nvml["marker"].fillna("").astype(str).str.split(":").str[0]
+    starts = variants.ne(variants.shift()) & ~variants.isin(["", "idle"])
+    return list(zip(t[starts].tolist(), variants[starts].tolist()))
+
+
 def plot_nvml(nvml: pd.DataFrame, path: Path) -> Path:
     """Power, SM clock and utilisation over time, with a line where each variant starts."""
     t = nvml["time"] - nvml["time"].iloc[0]
@@ -87,9 +96,7 @@ def plot_nvml(nvml: pd.DataFrame, path: Path) -> Path:
     util.set_ylabel("utilisation %")
     util.set_xlabel("seconds")
     util.legend(fontsize=8, loc="upper right")
-    variants = nvml["marker"].fillna("").astype(str).str.split(":").str[0]
-    starts = variants.ne(variants.shift()) & ~variants.isin(["", "idle"])
-    for time, name in zip(t[starts], variants[starts]):
+    for time, name in variant_starts(nvml):
         for ax in (power, util):
             ax.axvline(time, color="grey", lw=0.6, ls="--")
         power.annotate(name, (time, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,

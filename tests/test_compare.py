@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from reports.compare import CompareError, compare_table, leaderboard, load_runs, write_compare
-from test_cli import bench
+from bench.cli import main
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 ADD = "add-maxpool-fp32-eager-contig-resident-b32"
@@ -103,14 +103,15 @@ def test_bad_input_is_a_one_line_error(tmp_path, change, message):
         load_runs([first, second])
 
 
-def test_compare_cli_end_to_end(tmp_path):
+def test_compare_cli_end_to_end(tmp_path, capsys):
     other = make_run(tmp_path, "other", scale={ADD: 0.8}, env={"hardware": "nvidia-h100", "torch": "2.12.0"})
-    done = bench("compare", RUNS / "h200-seed", other, "--out", tmp_path / "cmp")
-    assert done.returncode == 0, done.stderr
+    assert main(["compare", str(RUNS / "h200-seed"), str(other), "--out", str(tmp_path / "cmp")]) == 0
     text = (tmp_path / "cmp" / "compare.md").read_text()
     assert "**Warning:** software differs (torch)" in text
     assert "- torch: `2.11.0+cu130` vs `2.12.0`" in text
     assert "| slower" in text and "### train samples/s" in text
     assert (tmp_path / "cmp" / "plots" / "compare.png").stat().st_size > 0
-    bad = bench("compare", RUNS / "h200-seed", tmp_path / "missing", "--out", tmp_path / "cmp2")
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a run directory" in bad.stderr
+    assert main(["compare", str(RUNS / "h200-seed"), str(tmp_path / "missing"), "--out", str(tmp_path / "cmp2")]) == 2
+    error = capsys.readouterr().err
+    assert error.strip().count("\n") == 0 and "not a run directory" in error
+    assert not (tmp_path / "cmp2").exists()  # bad input leaves no folder behind
