@@ -213,8 +213,8 @@ def write_compare(runs: list[Run], out: str | Path, level: float = 0.99, alpha: 
     lines += [f"- {f}: " + " vs ".join(f"`{v}`" for v in env.loc[f]) for f in differ] or ["- nothing recorded"]
     lines += ["", "## Training throughput verdicts", "", rules_text(level, alpha, margin, min_samples), "",
               verdict_section(table, level), "", "## Leaderboard", "",
-              f"One table per metric, a column per run and the ratio of each to `{runs[0].label}`. Metrics other than training throughput are one "
-              "value per run: their ratios carry no verdict.", ""]
+              f"One table per metric, a column per run and the ratio of each to `{runs[0].label}`. Metrics "
+              "other than training throughput are one value per run: their ratios carry no verdict.", ""]
     lines += [section + "\n" for section in (metric_section(table, m) for m in METRICS) if section]
     presence = variant_presence(runs)
     partial = presence[~presence.drop(columns="variant").all(axis=1)]

@@ -28,7 +28,8 @@ def write_loaders_report(run_dir: str | Path) -> Path:
     table = with_ratio(table)
     first = table.iloc[0]
     ok = table[table["status"] == "ok"]
-    lines = [f"# Loaders on {first['device']}", "", f"Batch {int(first['batch_size'])}, {int(first['workers'])} workers"]
+    lines = [f"# Loaders on {first['device']}", "",
+             f"Batch {int(first['batch_size'])}, {int(first['workers'])} workers"]
     if not ok.empty:
         lines[-1] += f", {int(ok.iloc[0]['samples'])} samples, {int(ok.iloc[0]['epochs'])} timed epochs."
         shown = ok[SHOWN].astype(object).where(ok[SHOWN].notna(), None)  # NaN prints as n/a, not nan

@@ -52,7 +52,8 @@ def grouped_bars(table: pd.DataFrame, xlabel: str, path: Path, errors: pd.DataFr
 
 def plot_throughput(ok: pd.DataFrame, path: Path) -> Path:
     """Training (± std over epochs or repeats) and inference samples/s per variant."""
-    table = ok.set_index("variant")[["train_samples_per_s", "infer_samples_per_s"]].apply(pd.to_numeric, errors="coerce")
+    table = ok.set_index("variant")[["train_samples_per_s", "infer_samples_per_s"]]
+    table = table.apply(pd.to_numeric, errors="coerce")
     table.columns = ["training", "inference"]
     errors = pd.DataFrame({"training": pd.to_numeric(ok["train_samples_per_s_std"], errors="coerce").to_numpy()},
                           index=table.index)

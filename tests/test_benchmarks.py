@@ -108,19 +108,23 @@ def test_cpu_inference_step(benchmark, hardware, arch):
     time_inference(benchmark, hardware, Variant(arch, batch_size=8), torch.device("cpu"))
 
 
+gpu_variants = pytest.mark.parametrize("variant", [
+    Variant(arch, precision=precision, compile_mode=mode, batch_size=batch)
+    for arch, precision, mode, batch in GPU_VARIANTS
+], ids=[f"{arch}-{precision}-{mode}-b{batch}" for arch, precision, mode, batch in GPU_VARIANTS])
+
+
 @requires_cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("arch,precision,compile_mode,batch_size", GPU_VARIANTS)
-def test_gpu_training_step(benchmark, hardware, arch, precision, compile_mode, batch_size):
-    variant = Variant(arch, precision=precision, compile_mode=compile_mode, batch_size=batch_size)
+@gpu_variants
+def test_gpu_training_step(benchmark, hardware, variant):
     time_training(benchmark, hardware, variant, torch.device("cuda"))
 
 
 @requires_cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("arch,precision,compile_mode,batch_size", GPU_VARIANTS)
-def test_gpu_inference_step(benchmark, hardware, arch, precision, compile_mode, batch_size):
-    variant = Variant(arch, precision=precision, compile_mode=compile_mode, batch_size=batch_size)
+@gpu_variants
+def test_gpu_inference_step(benchmark, hardware, variant):
     time_inference(benchmark, hardware, variant, torch.device("cuda"))
 
 

@@ -41,7 +41,8 @@ def verdicts(table):
 def test_planted_slowdown_is_called_slower_with_its_ratio(tmp_path):
     runs = load_runs([RUNS / "h200-seed", make_run(tmp_path, "slow", scale={ADD: 0.8})])
     table = compare_table(runs)
-    row = table[(table["variant"] == ADD) & (table["metric"] == "train_samples_per_s") & (table["run"] == runs[1].label)]
+    row = table[(table["variant"] == ADD) & (table["metric"] == "train_samples_per_s")
+                & (table["run"] == runs[1].label)]
     assert row["verdict"].item() == "slower"
     assert row["ratio"].item() == pytest.approx(0.8)
     assert row["low"].item() < 0.8 < row["high"].item() and row["p"].item() < 0.01

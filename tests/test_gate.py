@@ -33,7 +33,8 @@ def recording(tmp_path, name="current.json", source="cpu-noise-b.json", scale=No
 
 def test_two_noisy_recordings_of_the_same_code_pass(capsys):
     """Recorded one after the other on a shared 2-core machine: ratios up to 1.2, yet no fail."""
-    table = judge(load_benchmarks(NOISE / "cpu-noise-a.json")["cases"], load_benchmarks(NOISE / "cpu-noise-b.json")["cases"])
+    table = judge(load_benchmarks(NOISE / "cpu-noise-a.json")["cases"],
+                  load_benchmarks(NOISE / "cpu-noise-b.json")["cases"])
     assert table["ratio"].max() > 1.1  # a plain 10 % gate on means would fail here
     assert not table["fails"].any()
     assert main(["gate", str(NOISE / "cpu-noise-a.json"), str(NOISE / "cpu-noise-b.json")]) == 0
