@@ -11,7 +11,7 @@ import pytest
 from reports.compare import CompareError, compare_table, leaderboard, load_runs, write_compare
 from bench.cli import main
 
-RUNS = Path(__file__).parent / "fixtures" / "runs"
+RUNS = Path(__file__).parent / "fixtures" / "results"
 ADD = "add-maxpool-fp32-eager-contig-resident-b32"
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from reports.plots import _log_if_wide, plot_leaderboard, variant_starts, write_plots
 
-RUNS = Path(__file__).parent / "fixtures" / "runs"
+RUNS = Path(__file__).parent / "fixtures" / "results"
 
 
 def test_run_plots_from_an_h200_run(tmp_path):
