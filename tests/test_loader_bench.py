@@ -1,5 +1,8 @@
 """`python -m bench loaders` end to end on a tiny dataset, and what it writes when loaders fail."""
 
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -59,3 +62,11 @@ def test_report_rebuilds_loaders_md(tmp_path, tiny_data, monkeypatch):
     (out / "loaders.md").unlink()
     assert main(["report", str(out)]) == 0
     assert "No loader finished" in (out / "loaders.md").read_text()
+
+
+def test_report_renders_an_h200_loaders_run(tmp_path):
+    run = shutil.copytree(Path(__file__).parent / "fixtures" / "results" / "h200-loaders", tmp_path / "loaders")
+    assert main(["report", str(run)]) == 0
+    text = (run / "loaders.md").read_text()
+    assert "# Loaders on cuda:0" in text and "4800 samples" in text
+    assert "| resident | resident |      142,685.92 |            57.21 |" in text
