@@ -1,14 +1,26 @@
-"""python -m bench: generate data, split it, list and run the variant matrix, time loaders, report."""
+"""python -m bench: generate data, split it, list and run the variant matrix, time loaders, report,
+compare runs and gate speed regressions."""
 
 import argparse
 import sys
 
 from bench.commands import all as all_command
-from bench.commands import data, doctor, list as list_command, loaders, prepare, report, split
+from bench.commands import compare, data, doctor, gate, loaders, prepare, report, split
+from bench.commands import list as list_command
 from loaders.dataset import DatasetError
 
-COMMANDS = {"data": data, "prepare": prepare, "split": split, "list": list_command, "all": all_command,
-            "loaders": loaders, "report": report, "doctor": doctor}
+COMMANDS = {
+    "data": data,
+    "prepare": prepare,
+    "split": split,
+    "list": list_command,
+    "all": all_command,
+    "loaders": loaders,
+    "report": report,
+    "doctor": doctor,
+    "compare": compare,
+    "gate": gate,
+}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -33,6 +33,10 @@ LOADER_COLUMNS = ["loader", "form", "batch_size", "workers", "device", "epochs",
                   "batch_ms_p50", "batch_ms_p99", "first_epoch_s", "host_peak_rss_mb", "torch_device_peak_mb",
                   "ratio_to_torch", "status", "error"]
 
+# The run directory's format; env.json carries it as "schema_version" (no key = version 1, the
+# format before it was recorded). Bump it when a column changes meaning or goes away.
+SCHEMA_VERSION = 1
+
 RESULTS, CURVES, INFERENCE, LOADERS, ENV = "results.csv", "curves.csv", "inference.csv", "loaders.csv", "env.json"
 
 

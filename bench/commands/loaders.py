@@ -14,6 +14,7 @@ from bench.options import add_data_args, csv_list, positive, resolve_device
 from loaders import LOADERS as LOADER_KINDS
 from loaders import make_loader
 from loaders.split import stratified_subset
+from reports.loaders_report import with_ratio, write_loaders_report
 from reports.results import LOADER_COLUMNS, LOADERS, append_rows
 
 
@@ -92,19 +93,10 @@ def run(args) -> int:
         except (ImportError, RuntimeError, ValueError) as error:  # e.g. DALI not installed: the others still run
             failures += 1
             row = {"loader": kind, "batch_size": args.batch_size, "workers": args.workers, "device": str(device),
-                   "status": "failed", "error": str(error).splitlines()[0]}
+                   "status": "failed", "error": (str(error).strip().splitlines() or [type(error).__name__])[0]}
             print(f"{kind}: failed: {row['error']}")
         rows.append(row)
         append_rows(run_dir / LOADERS, [row], LOADER_COLUMNS)
-    table = pd.DataFrame(rows)
-    baseline = table.loc[(table["loader"] == "torch") & (table["status"] == "ok"), "samples_per_s"]
-    table["ratio_to_torch"] = table["samples_per_s"] / baseline.iloc[0] if len(baseline) else float("nan")
-    table.reindex(columns=LOADER_COLUMNS).to_csv(run_dir / LOADERS, index=False)
-    shown = table.reindex(columns=["loader", "form", "samples_per_s", "ratio_to_torch", "batch_ms_p50", "batch_ms_p99",
-                                   "first_epoch_s", "host_peak_rss_mb", "torch_device_peak_mb", "status"])
-    shown = shown.astype(object).where(shown.notna(), None)  # NaN prints as n/a, not nan
-    markdown = shown.to_markdown(index=False, floatfmt=",.2f", missingval="n/a")
-    (run_dir / "loaders.md").write_text(f"# Loaders on {device}\n\n{len(train_ids)} samples, batch {args.batch_size}, "
-                                        f"{args.workers} workers, {args.epochs} timed epochs.\n\n{markdown}\n")
-    print(markdown)
+    with_ratio(pd.DataFrame(rows)).to_csv(run_dir / LOADERS, index=False)
+    print(write_loaders_report(run_dir).read_text())
     return 1 if failures else 0

@@ -1,19 +1,25 @@
-"""`bench report`: rebuild report.md and the plots from a run directory's files."""
+"""`bench report`: rebuild report.md, loaders.md and the plots from a run directory's files."""
 
 from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="rebuild report.md and plots from a run directory")
+    p = sub.add_parser("report", help="rebuild report.md, loaders.md and plots from a run directory")
     p.add_argument("run_dir")
 
 
 def run(args) -> None:
+    from reports.loaders_report import write_loaders_report
     from reports.markdown import write_report
     from reports.plots import write_plots
+    from reports.results import LOADERS, RESULTS
     run_dir = Path(args.run_dir)
-    if not (run_dir / "results.csv").exists():
-        raise SystemExit(f"error: {run_dir} has no results.csv (is it a run directory?)")
-    print(write_report(run_dir))
-    for path in write_plots(run_dir):
-        print(path)
+    has_results, has_loaders = (run_dir / RESULTS).exists(), (run_dir / LOADERS).exists()
+    if not has_results and not has_loaders:
+        raise SystemExit(f"error: {run_dir} has no {RESULTS} or {LOADERS} (is it a run directory?)")
+    if has_loaders:
+        print(write_loaders_report(run_dir))
+    if has_results:
+        print(write_report(run_dir))
+        for path in write_plots(run_dir):
+            print(path)

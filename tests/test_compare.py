@@ -1,0 +1,118 @@
+"""`bench compare` on the H200 and CPU fixture runs: ratios, verdicts, leaderboard, bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports.compare import CompareError, compare_table, leaderboard, load_runs, write_compare
+from bench.cli import main
+
+RUNS = Path(__file__).parent / "fixtures" / "results"
+ADD = "add-maxpool-fp32-eager-contig-resident-b32"
+
+
+def make_run(tmp_path, name, source="h200-seed", scale=None, keep_epochs=None, drop=(), env=None, throttled=()):
+    """A copy of a fixture run, changed: throughput of variants scaled, epochs kept, variants dropped."""
+    run = tmp_path / name
+    shutil.copytree(RUNS / source, run)
+    results, curves = pd.read_csv(run / "results.csv"), pd.read_csv(run / "curves.csv")
+    for variant, factor in (scale or {}).items():
+        results.loc[results["variant"] == variant, "train_samples_per_s"] *= factor
+        curves.loc[curves["variant"] == variant, "train_samples_per_s"] *= factor
+    if keep_epochs is not None:
+        curves = curves[curves["epoch"].map(keep_epochs)]
+    results["throttled"] = results["variant"].isin(throttled)
+    results[~results["variant"].isin(drop)].to_csv(run / "results.csv", index=False)
+    curves[~curves["variant"].isin(drop)].to_csv(run / "curves.csv", index=False)
+    if env:
+        (run / "env.json").write_text(json.dumps({**json.loads((run / "env.json").read_text()), **env}))
+    return run
+
+
+def verdicts(table):
+    rows = table[(table["metric"] == "train_samples_per_s") & table["ratio"].notna() & table["verdict"].notna()]
+    return dict(zip(rows["variant"], rows["verdict"]))
+
+
+def test_planted_slowdown_is_called_slower_with_its_ratio(tmp_path):
+    runs = load_runs([RUNS / "h200-seed", make_run(tmp_path, "slow", scale={ADD: 0.8})])
+    table = compare_table(runs)
+    row = table[(table["variant"] == ADD) & (table["metric"] == "train_samples_per_s")
+                & (table["run"] == runs[1].label)]
+    assert row["verdict"].item() == "slower"
+    assert row["ratio"].item() == pytest.approx(0.8)
+    assert row["low"].item() < 0.8 < row["high"].item() and row["p"].item() < 0.01
+    others = {v: verdict for v, verdict in verdicts(table).items() if v != ADD}
+    assert "same" in others.values() and set(others.values()) <= {"same", "inconclusive"}  # late: 11 % spread
+
+
+def test_pure_noise_is_never_called_faster_or_slower(tmp_path):
+    """Even against odd epochs of the same H200 run: real noise, no change."""
+    even = make_run(tmp_path, "even", keep_epochs=lambda e: e % 2 == 0)
+    odd = make_run(tmp_path, "odd", keep_epochs=lambda e: e % 2 == 1)
+    found = verdicts(compare_table(load_runs([even, odd])))
+    assert len(found) == 4 and set(found.values()) <= {"same", "inconclusive"}
+
+
+def test_too_few_samples_or_throttled_is_inconclusive(tmp_path):
+    found = verdicts(compare_table(load_runs([RUNS / "h200-seed", RUNS / "h200-add"])))
+    assert found == {ADD: "inconclusive"}  # the add run has 2 epochs per variant
+    throttled = make_run(tmp_path, "hot", scale={ADD: 0.8}, throttled=[ADD])
+    table = compare_table(load_runs([RUNS / "h200-seed", throttled]))
+    assert verdicts(table)[ADD] == "inconclusive"
+    assert "throttled" in table.loc[(table["variant"] == ADD) & table["reason"].notna(), "reason"].iloc[0]
+
+
+def test_variants_in_only_some_runs_are_listed_not_dropped(tmp_path):
+    partial = make_run(tmp_path, "partial", drop=["late-maxpool-fp32-eager-contig-resident-b32"])
+    runs = load_runs([RUNS / "h200-seed", partial])
+    out = write_compare(runs, tmp_path / "cmp")
+    text = out[0].read_text()
+    section = text.split("## Variants in only some runs")[1]
+    assert "late-maxpool-fp32-eager-contig-resident-b32" in section
+    assert "late-maxpool-fp32-eager-contig-resident-b32" in set(pd.read_csv(out[1])["variant"])
+
+
+def test_leaderboard_has_a_column_per_hardware(tmp_path):
+    other = make_run(tmp_path, "other", scale={ADD: 2.0}, env={"hardware": "nvidia-h100", "gpu_name": "NVIDIA H100"})
+    runs = load_runs([RUNS / "h200-seed", other, RUNS / "cpu-quick"])
+    board = leaderboard(compare_table(runs), "train_samples_per_s")
+    assert list(board.columns) == ["nvidia-h200", "nvidia-h100", "cpu-amd-epyc-2c"]
+    assert board.loc[ADD, "nvidia-h100"] == pytest.approx(2 * board.loc[ADD, "nvidia-h200"])
+    assert np.isnan(board.loc[ADD, "cpu-amd-epyc-2c"])  # the CPU run used batch 16: listed, no value
+    assert board.loc["add-maxpool-fp32-eager-contig-resident-b16", "cpu-amd-epyc-2c"] > 0
+
+
+@pytest.mark.parametrize("change,message", [
+    ("not_a_run", "not a run directory"),
+    ("schema", "schema_version 2"),
+    ("disjoint", "no variant in common"),
+])
+def test_bad_input_is_a_one_line_error(tmp_path, change, message):
+    first = RUNS / "h200-seed"
+    if change == "not_a_run":
+        second = tmp_path
+    elif change == "schema":
+        second = make_run(tmp_path, "future", env={"schema_version": 2})
+    else:
+        first, second = RUNS / "h200-add", make_run(tmp_path, "seedonly", drop=[ADD])
+    with pytest.raises(CompareError, match=message):
+        load_runs([first, second])
+
+
+def test_compare_cli_end_to_end(tmp_path, capsys):
+    other = make_run(tmp_path, "other", scale={ADD: 0.8}, env={"hardware": "nvidia-h100", "torch": "2.12.0"})
+    assert main(["compare", str(RUNS / "h200-seed"), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "**Warning:** software differs (torch)" in text
+    assert "- torch: `2.11.0+cu130` vs `2.12.0`" in text
+    assert "| slower" in text and "### train samples/s" in text
+    assert (tmp_path / "cmp" / "plots" / "compare.png").stat().st_size > 0
+    assert main(["compare", str(RUNS / "h200-seed"), str(tmp_path / "missing"), "--out", str(tmp_path / "cmp2")]) == 2
+    error = capsys.readouterr().err
+    assert error.strip().count("\n") == 0 and "not a run directory" in error
+    assert not (tmp_path / "cmp2").exists()  # bad input leaves no folder behind
