@@ -4,11 +4,11 @@ import argparse
 import sys
 
 from bench.commands import all as all_command
-from bench.commands import data, list as list_command, loaders, prepare, report, split
+from bench.commands import data, kernels, list as list_command, loaders, prepare, report, split
 from loaders.dataset import DatasetError
 
 COMMANDS = {"data": data, "prepare": prepare, "split": split, "list": list_command, "all": all_command,
-            "loaders": loaders, "report": report}
+            "loaders": loaders, "report": report, "kernels": kernels}
 
 
 def parser() -> argparse.ArgumentParser:

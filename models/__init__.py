@@ -10,6 +10,7 @@ from models.fusion import (
     build_model,
     count_parameters,
     count_stored_parameters,
+    fuse_relu_maxpool,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "build_model",
     "count_parameters",
     "count_stored_parameters",
+    "fuse_relu_maxpool",
 ]

@@ -137,6 +137,21 @@ def build_model(arch: str, downsample: str = "maxpool", channels: str = "seed") 
     raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {arch!r}")
 
 
+def fuse_relu_maxpool(model: nn.Module) -> nn.Module:
+    """Each ReLU + MaxPool2d(2) pair replaced in place by the fused Triton op of kernels/ (same
+    values and gradients; no parameters change). For CUDA devices where `bench kernels` found it
+    faster (kernels.select.use_kernel); on a CPU it runs only under TRITON_INTERPRET=1."""
+    from kernels.relu_maxpool import ReLUMaxPool2d
+    for sequential in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(sequential)
+        for i in range(len(layers) - 1):
+            if isinstance(layers[i], nn.ReLU) and isinstance(layers[i + 1], nn.MaxPool2d) and layers[i + 1].kernel_size == 2:
+                layers[i], layers[i + 1] = ReLUMaxPool2d(), nn.Identity()  # indices, so state_dict keys, stay
+        for i, layer in enumerate(layers):
+            sequential[i] = layer
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     """The logical count: the seed network's, also for an aligned network (padding not counted)."""
     return sum(getattr(m, "logical_numel", None) or sum(p.numel() for p in m.parameters(recurse=False))
