@@ -74,7 +74,8 @@ def measure(case: Case, timer: Callable, device_name: str, compile: bool = True)
     torch.testing.assert_close(case.run(case.fast), case.run(case.reference), msg=lambda m: f"{case.kernel} {case.case}: {m}")
     kernel_ms = timer(lambda: case.run(case.fast))
     eager_ms = timer(lambda: case.run(case.reference))
-    compiled = torch.compile(case.reference) if compile else None
+    torch._dynamo.reset()  # every case compiled afresh, for its own shapes: no recompile limit, no dynamic shapes
+    compiled = torch.compile(case.reference, dynamic=False) if compile else None
     compiled_ms = timer(lambda: case.run(compiled)) if compile else math.nan
     return {"kernel": case.kernel, "case": case.case, "dtype": case.dtype, "layout": case.layout,
             "batch_size": case.batch_size, "device_name": device_name, "kernel_ms": kernel_ms, "eager_ms": eager_ms,
