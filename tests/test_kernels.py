@@ -19,6 +19,7 @@ if DEVICE.type == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"
 
 from bench.cli import main  # noqa: E402
+from conftest import requires_cuda  # noqa: E402
 from bench.commands import kernels as kernels_command  # noqa: E402
 from kernels.input_prep import prepare_inputs, prepare_inputs_reference  # noqa: E402
 from kernels.relu_maxpool import NO_GRADIENT, ReLUMaxPool, relu_maxpool_forward, relu_maxpool_reference  # noqa: E402
@@ -166,3 +167,11 @@ def test_kernels_command_skips_on_cpu(tmp_path, capsys):
     assert "SKIP: no CUDA device" in capsys.readouterr().out
     assert "interpreter" in (tmp_path / "kernels.md").read_text()
     assert (tmp_path / "kernels.csv").read_text().startswith("kernel,case,dtype")
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_kernels_command_times_every_case_on_a_gpu(tmp_path):
+    assert main(["kernels", "--batch-size", "2", "--out", str(tmp_path)]) == 0
+    table = __import__("pandas").read_csv(tmp_path / "kernels.csv")
+    assert len(table) == 4 + 6 and (table[["kernel_ms", "eager_ms", "compiled_ms"]] > 0).all().all()
