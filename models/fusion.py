@@ -50,7 +50,8 @@ def _align(layers: list[nn.Module], in_channels: int) -> list[nn.Module]:
     for layer in layers:
         if isinstance(layer, nn.Conv2d):
             out = layer.out_channels if layer is convs[-1] else aligned_width(layer.out_channels)
-            layer = _padded_conv(layer, previous, out) if (previous, out) != (layer.in_channels, layer.out_channels) else layer
+            if (previous, out) != (layer.in_channels, layer.out_channels):
+                layer = _padded_conv(layer, previous, out)
             previous = out
         aligned.append(layer)
     return aligned
