@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 MEMORY_FORMATS = ("contiguous", "channels_last")
+CHANNELS = ("seed", "aligned")  # models.CHANNEL_LAYOUTS: conv widths as the seed's, or padded to multiples of 8
 _FORMAT_TAG = {"contiguous": "contig", "channels_last": "cl"}
 
 
@@ -19,9 +20,11 @@ class Variant:
     memory_format: str = "contiguous"
     batch_size: int = 32
     loader: str = "torch"
+    channels: str = "seed"
 
     def __post_init__(self):
         for field, value, allowed in (
+            ("channels", self.channels, CHANNELS),
             ("precision", self.precision, PRECISIONS),
             ("compile_mode", self.compile_mode, COMPILE_MODES),
             ("memory_format", self.memory_format, MEMORY_FORMATS),
@@ -33,9 +36,11 @@ class Variant:
 
     @property
     def name(self) -> str:
-        """e.g. add-maxpool-bf16-compile_default-cl-resident-b32"""
+        """e.g. add-maxpool-bf16-compile_default-cl-resident-b32; "aligned" follows the downsample
+        when set, so the seed-width names stay as they were."""
         compiled = "eager" if self.compile_mode == "none" else f"compile_{self.compile_mode}"
-        return "-".join([self.arch, self.downsample, self.precision, compiled,
+        aligned = [] if self.channels == "seed" else [self.channels]
+        return "-".join([self.arch, self.downsample, *aligned, self.precision, compiled,
                          _FORMAT_TAG[self.memory_format], self.loader, f"b{self.batch_size}"])
 
     def settings(self) -> dict:
@@ -43,11 +48,12 @@ class Variant:
 
 
 def build_matrix(archs, downsamples=("maxpool",), precisions=("fp32",), compile_modes=("none",),
-                 memory_formats=("contiguous",), batch_sizes=(32,), loaders=("torch",)) -> list[Variant]:
+                 memory_formats=("contiguous",), batch_sizes=(32,), loaders=("torch",),
+                 channels=("seed",)) -> list[Variant]:
     """The cross product, ordered so one architecture's variants run next to each other."""
-    return [Variant(arch, ds, prec, mode, fmt, bs, loader)
-            for arch, ds, loader, bs, fmt, mode, prec in itertools.product(
-                archs, downsamples, loaders, batch_sizes, memory_formats, compile_modes, precisions)]
+    return [Variant(arch, ds, prec, mode, fmt, bs, loader, ch)
+            for arch, ds, ch, loader, bs, fmt, mode, prec in itertools.product(
+                archs, downsamples, channels, loaders, batch_sizes, memory_formats, compile_modes, precisions)]
 
 
 def filter_variants(variants: list[Variant], patterns: list[str] | None) -> list[Variant]:

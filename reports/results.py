@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-SETTINGS = ["variant", "arch", "downsample", "precision", "compile_mode", "memory_format", "batch_size", "loader"]
+SETTINGS = ["variant", "arch", "downsample", "precision", "compile_mode", "memory_format", "batch_size", "loader", "channels"]
 FINGERPRINT = ["hardware", "device", "gpu_name", "driver", "cuda", "torch", "dali", "python", "cpu_model"]
 RESULT_COLUMNS = SETTINGS + [
-    "status", "error", "epochs", "repeats", "train_samples", "val_samples", "loader_form", "params",
+    "status", "error", "epochs", "repeats", "train_samples", "val_samples", "loader_form", "params", "params_stored",
     "val_loss", "accuracy", "sec_per_epoch", "first_epoch_s",
     "train_samples_per_s", "train_samples_per_s_std", "step_ms_p50", "step_ms_p90", "step_ms_p99",
     "data_wait_ms_mean", "compute_ms_mean", "data_wait_share", "infer_samples_per_s", "infer_ms_p50",

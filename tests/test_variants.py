@@ -27,7 +27,7 @@ def test_filter_by_glob_or_substring():
     assert filter_variants(matrix, None) == matrix
 
 
-@pytest.mark.parametrize("field,value", [("precision", "fp8"), ("compile_mode", "fast"), ("memory_format", "nhwc")])
+@pytest.mark.parametrize("field,value", [("channels", "wide"), ("precision", "fp8"), ("compile_mode", "fast"), ("memory_format", "nhwc")])
 def test_bad_settings_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         Variant("add", **{field: value})
@@ -48,3 +48,13 @@ def test_list_rejects_unknown_architecture(capsys):
 def test_variant_filter_matching_nothing_is_an_error():
     with pytest.raises(SystemExit, match="matches none"):
         main(["list", "--variants", "nothing-like-this"])
+
+
+def test_aligned_channels_are_named_only_when_set():
+    assert Variant("add", "maxpool", "bf16", channels="aligned").name == "add-maxpool-aligned-bf16-eager-contig-torch-b32"
+    assert "seed" not in Variant("add").name and Variant("add").channels == "seed"
+    matrix = build_matrix(["add"], channels=["seed", "aligned"])
+    assert [v.name for v in matrix] == ["add-maxpool-fp32-eager-contig-torch-b32", "add-maxpool-aligned-fp32-eager-contig-torch-b32"]
+    assert matrix[1].settings()["channels"] == "aligned"
+    assert filter_variants(matrix, ["aligned"]) == [matrix[1]]
+

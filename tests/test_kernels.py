@@ -1,0 +1,177 @@
+"""Each Triton kernel against its torch reference. Without a GPU they run through Triton's
+interpreter: TRITON_INTERPRET is read when a kernel is decorated, so it is set before kernels/ is
+imported. Sizes stay tiny because the interpreter is slow.
+
+bf16 tolerance: the interpreter casts fp32 -> bf16 by truncation (triton 3.8's cast_impl passes no
+rounding mode) where a GPU rounds to nearest even, so bf16 outputs of arithmetic may differ by one
+bf16 ulp: torch.testing's bf16 defaults (rtol 1.6e-2) cover that. fp32: rtol 1.3e-6 / atol 1e-5
+(Triton's and torch's sin/cos differ in the last bit). Max-pooling only selects values, so its
+outputs and gradients must be equal bit for bit in both dtypes.
+"""
+
+import os
+
+import pytest
+import torch
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+if DEVICE.type == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from bench.cli import main  # noqa: E402
+from conftest import requires_cuda  # noqa: E402
+from bench.commands import kernels as kernels_command  # noqa: E402
+from kernels.input_prep import prepare_inputs, prepare_inputs_reference  # noqa: E402
+from kernels.relu_maxpool import NO_GRADIENT, ReLUMaxPool, relu_maxpool_forward, relu_maxpool_reference  # noqa: E402
+from kernels.select import use_kernel, winners  # noqa: E402
+from loaders.dataset import depth_to_xyza, rgba_to_float  # noqa: E402
+from models import build_model, fuse_relu_maxpool  # noqa: E402
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _raw_batch(batch=3, height=5, width=7, strided=False):
+    """uint8 RGBA, depth (some beyond 50 m: no return) and per-sample angle tables; strided=True
+    gives views with gaps and a broadcast table, as slices of bigger buffers would."""
+    g = torch.Generator().manual_seed(0)
+    if strided:
+        rgba = torch.randint(0, 256, (batch, height, 2 * width, 4), dtype=torch.uint8, generator=g)[:, :, ::2]
+        depth = (torch.rand(batch, width, height, generator=g) * 60).transpose(1, 2)
+        zenith = torch.randn(width, generator=g).expand(batch, width)
+    else:
+        rgba = torch.randint(0, 256, (batch, height, width, 4), dtype=torch.uint8, generator=g)
+        depth = torch.rand(batch, height, width, generator=g) * 60
+        zenith = torch.randn(batch, width, generator=g)
+    azimuth = torch.randn(batch, height, generator=g)
+    return [t.to(DEVICE) for t in (rgba, depth, azimuth, zenith)]
+
+
+def test_input_prep_reference_is_the_loaders_mathematics():
+    rgba, depth, azimuth, zenith = _raw_batch()
+    rgb, xyza = prepare_inputs_reference(rgba, depth, azimuth, zenith)
+    assert torch.equal(rgb, rgba_to_float(rgba)) and torch.equal(xyza, depth_to_xyza(depth, azimuth, zenith))
+
+
+@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_prep_kernel_matches_reference(dtype, channels_last, strided):
+    inputs = _raw_batch(strided=strided)
+    assert strided != inputs[0].is_contiguous()
+    got = prepare_inputs(*inputs, dtype=dtype, channels_last=channels_last)
+    want = prepare_inputs_reference(*inputs, dtype=dtype, channels_last=channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and g.shape == (3, 4, 5, 7) and g.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(g, w, **({"rtol": 1.3e-6, "atol": 1e-5} if dtype == torch.float32 else {}))
+    assert torch.equal(got[1][:, 3], want[1][:, 3])  # the return mask is exact
+
+
+def test_input_prep_rejects_mismatched_shapes():
+    rgba, depth, azimuth, zenith = _raw_batch()
+    with pytest.raises(ValueError, match="zenith"):
+        prepare_inputs(rgba, depth, azimuth, zenith[:, :-1])
+
+
+def _pool_input(dtype, layout, batch=3, channels=5, height=7, width=9):
+    """Odd batch, odd height and width (floor pooling drops a row and a column), a window of ties
+    and windows with no positive value (ReLU passes no gradient there)."""
+    x = torch.randn(batch, channels, height, width, generator=torch.Generator().manual_seed(1)).to(dtype)
+    x[0, 0, :2, :2] = -1.0
+    x[0, 1, :2, :2] = 0.5
+    x[1, 2, 2:4, 2:4] = 0.0
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.cat([x, x], dim=1)[:, ::2]  # a view with a channel stride of 2 planes
+    return x.to(DEVICE)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_maxpool_values_and_gradients_equal_reference(dtype, layout):
+    mine, theirs = _pool_input(dtype, layout).requires_grad_(), _pool_input(dtype, layout).requires_grad_()
+    assert mine.is_contiguous() == (layout == "contiguous")
+    y = ReLUMaxPool.apply(mine)
+    want = relu_maxpool_reference(theirs)
+    grad = torch.randn(want.shape, generator=torch.Generator().manual_seed(2)).to(dtype).to(DEVICE)
+    y.backward(grad)
+    want.backward(grad)
+    assert torch.equal(y, want) and torch.equal(mine.grad, theirs.grad)
+    assert y.dtype == dtype and mine.grad.dtype == dtype
+
+
+def test_relu_maxpool_codes_mark_windows_without_gradient():
+    y, code = relu_maxpool_forward(_pool_input(torch.float32, "contiguous"))
+    assert code[0, 0, 0, 0] == NO_GRADIENT and code[0, 1, 0, 0] == 0  # all negative; tie goes to the first
+    assert ((code == NO_GRADIENT) == (y == 0)).all()
+
+
+def test_fused_pooling_keeps_the_network_function_and_state_dict():
+    torch.manual_seed(0)
+    model = build_model("add", "maxpool", channels="aligned").to(DEVICE)
+    keys = list(model.state_dict())
+    rgb, lidar = torch.rand(1, 4, 64, 64, device=DEVICE), torch.rand(1, 4, 64, 64, device=DEVICE)
+    want = model(rgb, lidar)
+    want.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    fused = fuse_relu_maxpool(model)
+    got = fused(rgb, lidar)
+    got.sum().backward()
+    assert list(fused.state_dict()) == keys and sum(type(m).__name__ == "ReLUMaxPool2d" for m in fused.modules()) == 6
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for p, g in zip(fused.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+
+
+def test_measure_and_tables_on_tiny_cases(tmp_path):
+    """The command's measuring and writing, with a one-call perf_counter timer instead of do_bench
+    and no compile (the interpreter's times mean nothing; only the bookkeeping is checked)."""
+    import time
+
+    def timer(fn):
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1000
+
+    cases = [*kernels_command.input_prep_cases([1], DEVICE, size=4), *kernels_command.relu_maxpool_cases([1], DEVICE, size=8)]
+    assert len(cases) == 4 + 6
+    rows = [kernels_command.measure(case, timer, "test device", compile=False) for case in cases[::3]]
+    text = kernels_command.write_tables(rows, tmp_path, "Kernels on test device", "note")
+    table = __import__("pandas").read_csv(tmp_path / "kernels.csv")
+    assert len(table) == len(rows) and not table["wins"].any()  # no compiled time: nothing can win
+    assert "relu_maxpool" in text and "Used on this GPU (the kernel wins every case): none" in text
+
+
+def test_a_kernel_is_used_only_where_it_won_every_case_on_this_gpu(tmp_path, monkeypatch):
+    rows = [("input_prep", "H200", True), ("input_prep", "H200", True), ("relu_maxpool", "H200", True),
+            ("relu_maxpool", "H200", False), ("relu_maxpool", "H100", True)]
+    table = __import__("pandas").DataFrame(
+        [{"kernel": k, "device_name": d, "wins": w, "case": "", "dtype": "bf16", "layout": "cl", "batch_size": 32,
+          "kernel_ms": 1, "eager_ms": 1, "compiled_ms": 1, "speedup_vs_eager": 1, "speedup_vs_compiled": 1}
+         for k, d, w in rows])
+    assert winners(table, "H200") == {"input_prep"} and winners(table, "H100") == {"relu_maxpool"}
+    table.to_csv(tmp_path / "kernels.csv", index=False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "H200")
+    assert use_kernel("input_prep", torch.device("cuda", 0), tmp_path)
+    assert not use_kernel("relu_maxpool", torch.device("cuda", 0), tmp_path / "kernels.csv")
+    assert not use_kernel("input_prep", torch.device("cpu"), tmp_path) and not use_kernel("input_prep", torch.device("cuda", 0), None)
+    with pytest.raises(ValueError, match="not found"):
+        use_kernel("input_prep", torch.device("cuda", 0), tmp_path / "missing.csv")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of the command")
+def test_kernels_command_skips_on_cpu(tmp_path, capsys):
+    assert main(["kernels", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert "SKIP: no CUDA device" in capsys.readouterr().out
+    assert "interpreter" in (tmp_path / "kernels.md").read_text()
+    assert (tmp_path / "kernels.csv").read_text().startswith("kernel,case,dtype")
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_kernels_command_times_every_case_on_a_gpu(tmp_path):
+    assert main(["kernels", "--batch-size", "2", "--out", str(tmp_path)]) == 0
+    table = __import__("pandas").read_csv(tmp_path / "kernels.csv")
+    assert len(table) == 4 + 6 and (table[["kernel_ms", "eager_ms", "compiled_ms"]] > 0).all().all()
