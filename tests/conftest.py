@@ -1,7 +1,14 @@
 """Shared fixtures: a tiny generated dataset (session-scoped, rendered once) and its split."""
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run through Triton's interpreter. It is chosen when a kernel is
+# decorated, so it must be set before any test module imports kernels/.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from loaders.generate import generate_dataset
 

@@ -1,6 +1,6 @@
 """Each Triton kernel against its torch reference. Without a GPU they run through Triton's
-interpreter: TRITON_INTERPRET is read when a kernel is decorated, so it is set before kernels/ is
-imported. Sizes stay tiny because the interpreter is slow.
+interpreter (conftest.py sets TRITON_INTERPRET=1 before any test module imports kernels/). Sizes
+stay tiny because the interpreter is slow.
 
 bf16 tolerance: the interpreter casts fp32 -> bf16 by truncation (triton 3.8's cast_impl passes no
 rounding mode) where a GPU rounds to nearest even, so bf16 outputs of arithmetic may differ by one
@@ -9,20 +9,16 @@ bf16 ulp: torch.testing's bf16 defaults (rtol 1.6e-2) cover that. fp32: rtol 1.3
 outputs and gradients must be equal bit for bit in both dtypes.
 """
 
-import os
-
 import pytest
 import torch
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-if DEVICE.type == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"
+from bench.cli import main
+from bench.commands import kernels as kernels_command
+from conftest import requires_cuda
+from kernels.input_prep import prepare_inputs, prepare_inputs_reference
+from kernels.relu_maxpool import NO_GRADIENT, ReLUMaxPool, relu_maxpool_forward, relu_maxpool_reference
 
-from bench.cli import main  # noqa: E402
-from conftest import requires_cuda  # noqa: E402
-from bench.commands import kernels as kernels_command  # noqa: E402
-from kernels.input_prep import prepare_inputs, prepare_inputs_reference  # noqa: E402
-from kernels.relu_maxpool import NO_GRADIENT, ReLUMaxPool, relu_maxpool_forward, relu_maxpool_reference  # noqa: E402
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 from kernels.select import use_kernel, winners  # noqa: E402
 from loaders.dataset import depth_to_xyza, rgba_to_float  # noqa: E402
 from models import build_model, fuse_relu_maxpool  # noqa: E402
