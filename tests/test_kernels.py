@@ -18,10 +18,11 @@ from conftest import requires_cuda
 from kernels.input_prep import prepare_inputs, prepare_inputs_reference
 from kernels.relu_maxpool import NO_GRADIENT, ReLUMaxPool, relu_maxpool_forward, relu_maxpool_reference
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 from kernels.select import use_kernel, winners
 from loaders.dataset import depth_to_xyza, rgba_to_float
 from models import build_model, fuse_relu_maxpool
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 DTYPES = [torch.float32, torch.bfloat16]
 
