@@ -123,12 +123,12 @@ def seeds_section(rows: pd.DataFrame, method: str = "t") -> str:
     parts = ["## Seeds: mean and 95 % interval", "",
              f"Mean over seeds with the {kind} 95 % interval of the mean in brackets; a metric missing "
              "in some seeds (target never reached) counts the seeds that have it.", "",
-             table.to_markdown(index=False)]
+             table.to_markdown(index=False, disable_numparse=True)]
     pairs = overlaps(summary, rows)
     if not pairs.empty:
         pairs["accuracy intervals"] = pairs["overlap"].map({True: "overlap: difference not established",
                                                             False: "apart: difference significant"}).fillna("n/a (one seed)")
-        pairs["Welch p"] = pairs["p_welch"].map(lambda p: "n/a" if math.isnan(p) else f"{p:.3f}")
+        pairs["Welch p"] = pairs["p_welch"].map(lambda p: "n/a" if math.isnan(p) else "< 0.001" if p < 0.001 else f"{p:.3f}")
         parts += ["", "Accuracy, pair by pair:", "",
-                  pairs[["a", "b", "accuracy intervals", "Welch p"]].to_markdown(index=False)]
+                  pairs[["a", "b", "accuracy intervals", "Welch p"]].to_markdown(index=False, disable_numparse=True)]
     return "\n".join(parts) + "\n"

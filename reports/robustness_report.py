@@ -65,7 +65,7 @@ def robustness_section(table: pd.DataFrame) -> str:
     parts = ["## Robustness: accuracy % with one sensor degraded at test time", "",
              f"Validation accuracy %, {note}. Noise levels: RGB sigma in [0, 1] intensity units on R, G, B; "
              "LiDAR sigma in metres of range on returned points; dropout: share of points made no-return.", "",
-             wide.reset_index().to_markdown(index=False), ""]
+             wide.reset_index().to_markdown(index=False, disable_numparse=True), ""]
     for condition in MISSING:
         rows = summary[summary["condition"] == condition].sort_values("mean", ascending=False)
         if rows.empty:
