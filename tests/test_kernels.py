@@ -17,7 +17,6 @@ from bench.commands import kernels as kernels_command
 from conftest import requires_cuda
 from kernels.input_prep import prepare_inputs, prepare_inputs_reference
 from kernels.relu_maxpool import NO_GRADIENT, ReLUMaxPool, relu_maxpool_forward, relu_maxpool_reference
-
 from kernels.select import use_kernel, winners
 from loaders.dataset import depth_to_xyza, rgba_to_float
 from models import build_model, fuse_relu_maxpool
