@@ -42,7 +42,7 @@ def test_prepare_writes_arrays_and_manifest(dataset):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["ids"] == discover_ids(dataset)
     assert manifest["source"] == str(dataset.resolve())
-    assert manifest["version"] == 1
+    assert manifest["version"] == 2
     assert manifest["arrays"]["rgba"] == {"shape": [12, 64, 64, 4], "dtype": "uint8"}
     assert manifest["arrays"]["depth"] == {"shape": [12, 64, 64], "dtype": "float32"}
     assert manifest["arrays"]["azimuth"]["shape"] == [2, 64]
