@@ -17,7 +17,8 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
-from reports.results import ENV, RESULT_COLUMNS, RESULTS, append_rows, read_env, write_env
+from reports.results import (CURVE_COLUMNS, CURVES, ENV, INFERENCE, INFERENCE_COLUMNS, RESULT_COLUMNS, RESULTS,
+                             append_rows, read_env, read_table, write_env)
 
 LOCK = "run.lock"
 SETTINGS_KEY = "settings"
@@ -93,7 +94,9 @@ def open_run_dir(run_dir: Path, settings: dict, env: dict, resume: bool = False,
         if changed:
             raise SystemExit(f"error: --resume {run_dir}: its rows were made with other settings:\n  "
                              + "\n  ".join(changed) + "\nrun with the recorded settings, or start a new --out")
-        return lock(run_dir)
+        held = lock(run_dir)
+        drop_unfinished_rows(run_dir)
+        return held
     if run_dir.exists() and any(run_dir.iterdir()):
         if not force:
             raise SystemExit(f"error: --out {run_dir} already holds files; continue it with --resume {run_dir}, "
@@ -104,6 +107,20 @@ def open_run_dir(run_dir: Path, settings: dict, env: dict, resume: bool = False,
     write_env(run_dir, {**env, SETTINGS_KEY: settings})
     append_rows(run_dir / RESULTS, [], RESULT_COLUMNS)
     return held
+
+
+def drop_unfinished_rows(run_dir: Path) -> None:
+    """Removes curve and inference rows of variants without a results row (a run stopped between
+    writing them and its result row), so the resumed re-run does not add a second copy."""
+    finished = set(read_table(run_dir / RESULTS).get("variant", []))
+    for name, columns in ((CURVES, CURVE_COLUMNS), (INFERENCE, INFERENCE_COLUMNS)):
+        table = read_table(run_dir / name, key=None)
+        if table.empty or table["variant"].isin(finished).all():
+            continue
+        temporary = run_dir / f"{name}.tmp"
+        temporary.unlink(missing_ok=True)
+        append_rows(temporary, table[table["variant"].isin(finished)].to_dict("records"), columns)
+        os.replace(temporary, run_dir / name)
 
 
 def sigterm_as_interrupt() -> None:

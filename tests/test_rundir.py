@@ -133,3 +133,13 @@ def test_sigterm_writes_report_and_the_folder_resumes(tiny_data, tmp_path):
     second.send_signal(signal.SIGTERM)
     output = second.communicate(timeout=120)[0]
     assert second.returncode in (0, 130) and "error" not in output, output
+
+
+def test_resume_drops_curves_of_variants_without_a_result_row(tmp_path):
+    from reports.results import CURVE_COLUMNS, CURVES, RESULT_COLUMNS, append_rows
+    run = tmp_path / "run"
+    open_run_dir(run, SETTINGS, {}).close()
+    append_rows(run / CURVES, [{"variant": "a", "epoch": 0}, {"variant": "b", "epoch": 0}], CURVE_COLUMNS)
+    append_rows(run / RESULTS, [{"variant": "a", "status": "ok"}], RESULT_COLUMNS)
+    open_run_dir(run, SETTINGS, {}, resume=True).close()
+    assert read_table(run / CURVES, key=None)["variant"].tolist() == ["a"]
