@@ -43,6 +43,8 @@ def run(args) -> int:
     from loaders.split import stratified_subset
     from reports.results import FINGERPRINT
 
+    if args.resume and not (Path(args.resume) / "results.csv").exists():
+        raise SystemExit(f"error: --resume {args.resume}: no results.csv there (is it a run directory?)")
     sigterm_as_interrupt()
     device = resolve_device(args.device)
     amp_dtype = args.amp_dtype
