@@ -99,7 +99,8 @@ def png_header(path: Path) -> tuple[int, int, int, int]:
 
 
 def check_png_form(root: Path, files: list) -> None:
-    """Refuses images the png form would read differently from the other loaders (see above)."""
+    """Refuses images the png form would read differently from the other loaders (see above), and
+    depth maps of the wrong shape, from the files' headers alone (DALI would fail without a name)."""
     tables = angle_tables(root)
     for f in files:
         width, height, bits, colour = png_header(f.rgb)
@@ -110,6 +111,20 @@ def check_png_form(root: Path, files: list) -> None:
                 f"{width}x{height}, colour type {colour}, {bits} bits): DALI's png form cannot convert it as the "
                 f"other loaders do; run `python -m bench prepare --data {root}` and the dali loader reads the "
                 "prepared arrays instead")
+        depth_shape = _npy_shape(f.lidar)
+        if depth_shape != expected:
+            raise DatasetError(f"{f.lidar} has shape {depth_shape} but the angle tables of its folder need {expected}")
+
+
+def _npy_shape(path: Path) -> tuple:
+    """The array shape from a .npy header, without reading the data."""
+    try:
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            return read_header(f)[0]
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read depth map {path}: {error}") from None
 
 
 class PreparedBatches:

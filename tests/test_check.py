@@ -80,3 +80,10 @@ def test_dali_png_form_refuses_what_it_cannot_read_like_the_others(broken):
     dali = next(iter(make_loader("dali", broken, ids, batch_size=4, shuffle=False)))
     seed = next(iter(make_loader("torch", broken, ids, batch_size=4, shuffle=False, workers=0)))
     assert all(torch.equal(a, b) for a, b in zip(dali, seed))
+
+
+def test_dali_png_form_names_a_wrong_depth_shape(broken):
+    pytest.importorskip("nvidia.dali")
+    np.save(broken / "spheres" / "lidar" / "0001.npy", np.zeros((64, 32), np.float32))
+    with pytest.raises(DatasetError, match=r"spheres/lidar/0001.npy has shape \(64, 32\)"):
+        make_loader("dali", broken, ["cube_0000", "sphere_0001"], batch_size=2, prepared=False)

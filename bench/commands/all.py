@@ -39,7 +39,6 @@ def run(args) -> int:
     from bench.matrix import run_matrix
     from bench.rundir import code_version, open_run_dir, sigterm_as_interrupt, split_fingerprint
     from loaders.check import check_dataset
-    from loaders.dataset import DatasetError
     from loaders.split import stratified_subset
     from reports.results import FINGERPRINT
 
@@ -65,14 +64,11 @@ def run(args) -> int:
         target_acc=args.target_acc, repeats=args.repeats, infer_batch_sizes=tuple(args.infer_batch_sizes),
         infer_iters=profile["infer_iters"], workers=args.workers, progress=not args.no_progress)
     try:
-        check = check_dataset(root, cfg.train_ids + cfg.val_ids, workers=max(args.workers, 2), progress=cfg.progress)
-        check.raise_if_broken()
+        check = check_dataset(root, cfg.train_ids + cfg.val_ids, progress=cfg.progress)
     except KeyboardInterrupt:
         print("\ninterrupted during the data check, before the run started; nothing was written", file=sys.stderr)
         return 130
-    except DatasetError as error:
-        print(f"error: {error}\nthe data check failed before any training; nothing was written", file=sys.stderr)
-        return 2
+    check.raise_if_broken()  # a DatasetError: exit code 2 (bench/cli.py), before any training
     settings = {"epochs": cfg.epochs, "profile": profile_name, "seed": args.seed, "data": check.fingerprint,
                 "split": split_fingerprint(split), "code": code_version()}
     ctx = RunContext()
