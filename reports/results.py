@@ -69,7 +69,12 @@ def append_rows(path: str | Path, rows: list[dict], columns: list[str]) -> None:
         if unknown:
             raise KeyError(f"{path.name}: columns {sorted(unknown)} are not in the schema")
     size = path.stat().st_size if path.exists() else 0
-    complete = len(_complete_bytes(path.read_bytes(), path)) if size else 0
+    complete = size
+    if size:
+        with path.open("rb") as f:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":  # torn: only then is the whole file read
+                complete = len(_complete_bytes(path.read_bytes(), path))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     if complete == 0:
