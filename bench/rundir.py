@@ -81,7 +81,7 @@ def _move_aside(run_dir: Path) -> Path:
 def open_run_dir(run_dir: Path, settings: dict, env: dict, resume: bool = False, force: bool = False):
     """Creates or reopens `run_dir` for a run with `settings`; returns the held lock.
 
-    New run: refuses a folder that already holds a run (unless `force`), writes env.json with
+    New run: refuses a folder holding a run (env.json or results.csv) unless `force`, writes env.json with
     the settings and a header-only results.csv, so even a run interrupted before its first
     variant can be resumed. Resume: refuses unless env.json records the same settings.
     """
@@ -97,9 +97,9 @@ def open_run_dir(run_dir: Path, settings: dict, env: dict, resume: bool = False,
         held = lock(run_dir)
         drop_unfinished_rows(run_dir)
         return held
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if (run_dir / ENV).exists() or (run_dir / RESULTS).exists():  # other files (a fallback split.json) are no run
         if not force:
-            raise SystemExit(f"error: --out {run_dir} already holds files; continue it with --resume {run_dir}, "
+            raise SystemExit(f"error: --out {run_dir} already holds a run; continue it with --resume {run_dir}, "
                              "or pass --force to move it aside")
         _move_aside(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

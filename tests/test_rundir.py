@@ -34,12 +34,21 @@ def test_new_run_records_settings_and_is_resumable_at_once(tmp_path):
 def test_out_on_an_existing_run_is_refused_unless_forced(tmp_path):
     run = tmp_path / "run"
     open_run_dir(run, SETTINGS, {}).close()
-    with pytest.raises(SystemExit, match="already holds files; continue it with --resume"):
+    with pytest.raises(SystemExit, match="already holds a run; continue it with --resume"):
         open_run_dir(run, SETTINGS, {})
     open_run_dir(run, {**SETTINGS, "epochs": 5}, {}, force=True).close()
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(aside) == 1 and read_env(aside[0])["settings"] == SETTINGS
     assert read_env(run)["settings"]["epochs"] == 5
+
+
+def test_a_folder_without_a_run_is_used(tmp_path):
+    """E.g. split.json saved there because the data folder is read-only (bench.datasource)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.json").write_text("{}")
+    open_run_dir(run, SETTINGS, {}).close()
+    assert read_env(run)["settings"] == SETTINGS
 
 
 def test_resume_with_other_settings_lists_every_difference(tmp_path):
