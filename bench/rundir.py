@@ -89,7 +89,8 @@ def open_run_dir(run_dir: Path, settings: dict, env: dict, resume: bool = False,
     if resume:
         recorded = read_env(run_dir).get(SETTINGS_KEY)
         if recorded is None:
-            raise SystemExit(f"error: --resume {run_dir}: no {ENV} with the run's settings there (is it a run directory?)")
+            raise SystemExit(f"error: --resume {run_dir}: no {ENV} with the run's settings there "
+                             "(is it a run directory made before run settings were recorded?)")
         changed = differences(recorded, settings)
         if changed:
             raise SystemExit(f"error: --resume {run_dir}: its rows were made with other settings:\n  "

@@ -41,7 +41,8 @@ def check_split(split: dict, known_ids: set[str], source: str) -> None:
             raise DatasetError(f"{source} has no {key!r} key (expected {{seed, train, val}})")
     for key in ("train", "val"):
         if not isinstance(split[key], list) or not all(isinstance(i, str) for i in split[key]):
-            raise DatasetError(f"{source}: {key!r} must be a list of sample id strings, got {type(split[key]).__name__}")
+            kind = type(split[key]).__name__
+            raise DatasetError(f"{source}: {key!r} must be a list of sample id strings, got {kind}")
         repeated = sorted(i for i, n in Counter(split[key]).items() if n > 1)
         if repeated:
             raise DatasetError(f"{source}: {len(repeated)} {key} ids appear more than once, e.g. {repeated[:3]}")
