@@ -76,7 +76,7 @@ def run(args) -> int:
            "command": " ".join(sys.argv)}
     env["hardware"] = hardware_key(env)
     _start_nvml(cfg, ctx, args.nvml_period, variants[0], env)
-    held_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841
+    run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841 (held until run() returns)
     fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
     print(f"{len(variants)} variants, profile {profile_name}, {len(cfg.train_ids)} train / {len(cfg.val_ids)} val "
           f"samples, {cfg.epochs} epochs on {device}; writing {run_dir}")
