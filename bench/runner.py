@@ -19,7 +19,7 @@ from bench.instruments import memory, mfu
 from bench.instruments.timing import Clock, StepTimes, percentiles
 from bench.variants import Variant
 from loaders import make_loader
-from loaders.split import check_class_prior
+from loaders.split import check_class_prior, class_share
 from models import build_model, count_parameters
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -121,7 +121,7 @@ def _train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) 
     epochs = tqdm(range(cfg.epochs), desc=variant.name, unit="epoch", disable=not cfg.progress, leave=False)
     for epoch in epochs:
         t_epoch = time.perf_counter()
-        loss_sum = torch.zeros((), device=cfg.device)
+        losses = torch.zeros(len(train_loader), device=cfg.device)
         steps = 0
         batches = iter(tqdm(train_loader, desc=f"epoch {epoch}", unit="step", disable=not cfg.progress, leave=False))
         frames_before = None
@@ -133,14 +133,15 @@ def _train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) 
                 break
             ready = clock.mark()
             if step_index == 0:
-                check_class_prior(label.tolist())
+                check_class_prior(label.tolist(), class_share(cfg.train_ids))
             if frames_before is None and step_index >= cfg.warmup_steps:  # timed steps start here
                 frames_before = _dynamo_counts()["frames"]
-            loss_sum += trainer.step(rgb, lidar, label)
+            losses[steps] = trainer.step(rgb, lidar, label)
             times.add(start, ready, clock.mark())
             steps, step_index = steps + 1, step_index + 1
         epoch_data, epoch_compute = times.collect()
         epoch_s = time.perf_counter() - t_epoch
+        _check_finite(losses[:steps], epoch)
         if frames_before is not None:
             timed_frames += _dynamo_counts()["frames"] - frames_before
         data_ms.append(epoch_data)
@@ -149,6 +150,8 @@ def _train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) 
         trainer.scheduler.step()
         t_eval = time.perf_counter()
         val_loss, accuracy = trainer.evaluate(val_loader)  # .item() inside synchronises
+        if not math.isfinite(val_loss):
+            raise FloatingPointError(f"validation loss is not finite at epoch {epoch}")
         elapsed = time.perf_counter() - t_start
         eval_s = elapsed - (t_eval - t_start)
         if math.isnan(time_to_target) and accuracy >= cfg.target_acc:
@@ -158,13 +161,20 @@ def _train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) 
         window_sps = len(steady_ms) * variant.batch_size / (steady_ms.sum() / 1000) if len(steady_ms) else math.nan
         if not math.isnan(window_sps):
             epoch_windows.append(window_sps)
-        curves.append({"variant": variant.name, "repeat": repeat, "epoch": epoch, "train_loss": loss_sum.item() / max(steps, 1),
+        curves.append({"variant": variant.name, "repeat": repeat, "epoch": epoch, "train_loss": losses[:steps].sum().item() / max(steps, 1),
                        "val_loss": val_loss, "accuracy": accuracy, "lr": lr, "epoch_s": epoch_s, "eval_s": eval_s,
                        "train_samples_per_s": window_sps, "elapsed_s": elapsed})
         epochs.set_postfix(acc=f"{accuracy:.1f}", loss=f"{val_loss:.4f}")
     return {"trainer": trainer, "val_loader": val_loader, "curves": curves, "t_start": t_start,
             "t_end": time.perf_counter(), "time_to_target": time_to_target, "timed_frames": timed_frames,
             "data_ms": np.concatenate(data_ms), "compute_ms": np.concatenate(compute_ms), "epoch_windows": epoch_windows}
+
+
+def _check_finite(losses: torch.Tensor, epoch: int) -> None:
+    """A diverged variant fails, naming where: its numbers would otherwise be NaN shown as n/a."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        raise FloatingPointError(f"loss is not finite at epoch {epoch}, step {int(bad[0])}")
 
 
 def _inference(trainer: Trainer, val_loader, variant: Variant, cfg: RunConfig) -> list[dict]:

@@ -9,6 +9,13 @@ guarantee, so tests/test_dali_loader.py proves it for every yielded sample.
 prepared (loaders.prepare): one `fn.external_source` callback returns the rows of memory-mapped
 arrays for a batch, so the pairing holds by construction and nothing is decoded.
 
+The png form reads the files as they are, so it takes only 8-bit RGBA PNGs at their depth map's
+size: DALI's decoder has no RGBA output for RGB or grey PNGs and its resize does not reproduce
+PIL's bilinear one, so converting there would feed other tensors than the other loaders. Any
+other image is refused up front, naming the file, with the fix: `bench prepare`, whose arrays are
+made by loaders.dataset like every other loader's (alpha added, images resized). Broken files
+(corrupt PNG, NaN depth, wrong depth shape) are named earlier by the data check (loaders.check).
+
 Both forms: [0, 1] scaling and XYZA are computed in torch right after the iterator, on the target
 device, with the same functions as every other loader (loaders.dataset). Outputs move to the GPU
 inside the pipeline (`.gpu()` / mixed decoder) when the device is CUDA; without a GPU the pipeline
@@ -82,6 +89,44 @@ def prepared_pipeline(source, on_gpu):
     return rgba, depth, label
 
 
+def png_header(path: Path) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from a PNG's IHDR chunk, without decoding it."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise DatasetError(f"{path} is not a PNG file")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), head[24], head[25]
+
+
+def check_png_form(root: Path, files: list) -> None:
+    """Refuses images the png form would read differently from the other loaders (see above), and
+    depth maps of the wrong shape, from the files' headers alone (DALI would fail without a name)."""
+    tables = angle_tables(root)
+    for f in files:
+        width, height, bits, colour = png_header(f.rgb)
+        expected = (len(tables[0][f.label]), len(tables[1][f.label]))
+        if bits != 8 or colour != 6 or (height, width) != expected:
+            raise DatasetError(
+                f"{f.rgb} is not an 8-bit RGBA PNG of {expected[1]}x{expected[0]} (its depth map's size; it is "
+                f"{width}x{height}, colour type {colour}, {bits} bits): DALI's png form cannot convert it as the "
+                f"other loaders do; run `python -m bench prepare --data {root}` and the dali loader reads the "
+                "prepared arrays instead")
+        depth_shape = _npy_shape(f.lidar)
+        if depth_shape != expected:
+            raise DatasetError(f"{f.lidar} has shape {depth_shape} but the angle tables of its folder need {expected}")
+
+
+def _npy_shape(path: Path) -> tuple:
+    """The array shape from a .npy header, without reading the data."""
+    try:
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            return read_header(f)[0]
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read depth map {path}: {error}") from None
+
+
 class PreparedBatches:
     """external_source callback: batch `iteration` of epoch `epoch_idx`, rows in the seeded order."""
 
@@ -136,6 +181,7 @@ class DaliLoader:
             azimuth, zenith = data.azimuth, data.zenith
         else:
             files = [sample_files(root, i) for i in sample_ids]
+            check_png_form(root, files)
             pipe = png_pipeline([str(f.rgb) for f in files], [str(f.lidar) for f in files], labels.tolist(), shuffle,
                                 seed, shard_id, num_shards, on_gpu, **settings)
             policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL

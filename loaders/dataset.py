@@ -89,16 +89,27 @@ def load_angles(root: str | Path, folder: str) -> tuple[np.ndarray, np.ndarray]:
     return _load_vector(base / "azimuth.npy"), _load_vector(base / "zenith.npy")
 
 
-def open_rgba(path: Path) -> Image.Image:
-    """The decoded RGBA image; a corrupt file or another mode is an error naming the file."""
+def open_rgba(path: Path, source=None) -> Image.Image:
+    """The decoded image as RGBA: 1-, 2- and 3-channel PNGs (L, LA, RGB, palette) are converted as
+    PIL does, so images without alpha get an opaque one; an undecodable file is an error naming it.
+    `source` (bytes or a file object) is decoded instead of reading `path` again."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path if source is None else source) as image:
             image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+            if image.mode != "RGBA":
+                image = image.convert("RGBA")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
         raise DatasetError(f"cannot decode PNG {path}: {error}") from None
-    if image.mode != "RGBA":
-        raise DatasetError(f"{path} is a {image.mode} image; expected RGBA (4 channels)")
     return image
+
+
+def resize_to(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The image resized to (H, W) as the seed's transforms.Resize does on a PIL image (bilinear
+    PIL resize; a no-op at the same size), so an image of any size fits its depth map."""
+    height, width = size
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.BILINEAR)
 
 
 def angle_tables(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -110,16 +121,17 @@ def angle_tables(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([a for a, _ in angles]), np.stack([z for _, z in angles])
 
 
-def read_rgba(path: Path) -> np.ndarray:
-    """The image as uint8 [H, W, 4]."""
-    return np.array(open_rgba(path))
+def read_rgba(path: Path, size: tuple[int, int], source=None) -> np.ndarray:
+    """The image as uint8 [H, W, 4], resized to `size` (the depth map's (H, W))."""
+    return np.array(resize_to(open_rgba(path, source), size))
 
 
-def read_depth(path: Path, azimuth: np.ndarray, zenith: np.ndarray) -> np.ndarray:
-    """The depth map as float32 [H, W], checked against the angle tables of its folder."""
+def read_depth(path: Path, azimuth: np.ndarray, zenith: np.ndarray, source=None) -> np.ndarray:
+    """The depth map as float32 [H, W] (float16/float64 maps are converted), checked against the
+    angle tables of its folder; NaN or infinite depth is an error (a no-return is 50, not inf)."""
     try:
-        depth = np.load(path)
-    except (OSError, ValueError) as error:
+        depth = np.load(path if source is None else source)
+    except (OSError, ValueError, EOFError) as error:
         raise DatasetError(f"cannot read depth map {path}: {error}") from None
     if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
         raise DatasetError(f"{path} must be a 2-d numeric depth map, got shape {depth.shape} {depth.dtype}")
@@ -129,20 +141,20 @@ def read_depth(path: Path, azimuth: np.ndarray, zenith: np.ndarray) -> np.ndarra
             f"{len(zenith)} angles (expected depth shape (len(azimuth), len(zenith)))"
         )
     depth = depth.astype(np.float32)
-    if np.isnan(depth).any():
-        raise DatasetError(f"{path} contains NaN depth values")
+    finite = np.isfinite(depth)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        raise DatasetError(f"{path} contains {int((~finite).sum())} non-finite depth values "
+                           f"(first {depth[tuple(bad)]} at row {bad[0]}, column {bad[1]})")
     return depth
 
 
 def read_sample(root: str | Path, sample_id: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """(rgba uint8 [H, W, 4], depth float32 [H, W], label) of one sample, validated."""
+    """(rgba uint8 [H, W, 4] at the depth map's size, depth float32 [H, W], label), validated."""
     files = sample_files(root, sample_id)
     azimuth, zenith = load_angles(str(Path(root).expanduser()), files.folder)
-    rgba = read_rgba(files.rgb)
     depth = read_depth(files.lidar, azimuth, zenith)
-    if rgba.shape[:2] != depth.shape:
-        raise DatasetError(f"{files.rgb} is {rgba.shape[1]}x{rgba.shape[0]} but its depth map {files.lidar} is {depth.shape[1]}x{depth.shape[0]}")
-    return rgba, depth, files.label
+    return read_rgba(files.rgb, depth.shape), depth, files.label
 
 
 def depth_to_xyza(depth: torch.Tensor, azimuth: torch.Tensor, zenith: torch.Tensor) -> torch.Tensor:

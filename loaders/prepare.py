@@ -6,16 +6,19 @@ Format (folder `root/prepared` by default):
     depth.npy     float32 [N, H, W]
     azimuth.npy   float32 [C, H]         row k is the table of the class with label k
     zenith.npy    float32 [C, W]
-    manifest.json format, version, source root, ids in row order, array shapes and dtypes
+    manifest.json format, version, source root, ids in row order, array shapes and dtypes, and
+                  the files' signature (name, size, mtime of every file it was made from)
 
 Why a few large arrays and not one .npy per sample: the row index *is* the pairing, so RGB, depth
 and label cannot drift apart the way two file readers can (labels follow from the ids). The DALI
 loader memory-maps the arrays and hands its `fn.external_source` one fancy-indexed slice per batch,
 which is cheaper than opening 2 x 32 small files per step, and nothing is decoded or validated at
 training time because `read_sample` validated every file here. The manifest is written last, so
-an interrupted preparation leaves a folder that `find_prepared` rejects.
+an interrupted preparation leaves a folder that `find_prepared` rejects, and a file changed
+after preparation changes the signature, so a stale folder is refused too.
 """
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -23,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from loaders.dataset import DatasetError, discover_ids
+from loaders.dataset import CLASSES, DatasetError, discover_ids, sample_files
 
 FORMAT = "fusionbench-prepared"
-VERSION = 1
+VERSION = 2
 MANIFEST = "manifest.json"
 ARRAYS = ("rgba", "depth", "azimuth", "zenith")
 
@@ -38,9 +41,10 @@ def prepare_dataset(root: str | Path, out: str | Path | None = None, progress: b
     root = Path(root).expanduser()
     out = Path(out).expanduser() if out is not None else root / "prepared"
     ids = discover_ids(root)
+    signature = files_signature(root, ids)
+    decoded = decode_split(root, ids, progress=progress)  # first, so broken data leaves no folder
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
-    decoded = decode_split(root, ids, progress=progress)
     arrays = {name: decoded[name].numpy() for name in ARRAYS}
     for name, array in arrays.items():
         np.save(out / f"{name}.npy", np.ascontiguousarray(array))
@@ -49,12 +53,25 @@ def prepare_dataset(root: str | Path, out: str | Path | None = None, progress: b
         "version": VERSION,
         "source": str(root.resolve()),
         "ids": ids,
+        "signature": signature,
         "arrays": {name: {"shape": list(array.shape), "dtype": str(array.dtype)} for name, array in arrays.items()},
     }
     temporary = out / (MANIFEST + ".tmp")
     temporary.write_text(json.dumps(manifest, indent=1))
     os.replace(temporary, out / MANIFEST)
     return out
+
+
+def files_signature(root: Path, ids: list[str]) -> str:
+    """A hash of the name, size and modification time of every file the prepared form is made
+    from (images, depth maps, angle tables): cheap (no file is read) and changed by any rewrite."""
+    paths = [root / folder / name for folder in sorted(CLASSES) for name in ("azimuth.npy", "zenith.npy")]
+    paths += [path for i in ids for path in (sample_files(root, i).rgb, sample_files(root, i).lidar)]
+    digest = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,8 @@ def _load(root: Path, folder: Path) -> Prepared | str:
         removed = sorted(set(manifest["ids"]) - set(ids))
         return (f"{folder} is stale: the dataset has {len(ids)} samples, {len(manifest['ids'])} were prepared "
                 f"({len(added)} added, e.g. {added[:3]}; {len(removed)} removed, e.g. {removed[:3]})")
+    if manifest.get("signature") != files_signature(root, ids):
+        return f"{folder} is stale: files of {root} changed after it was prepared"
     return Prepared(folder, ids, **arrays)
 
 

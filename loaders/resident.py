@@ -1,7 +1,9 @@
-"""A loader that decodes the split once and keeps it on the device as compact tensors.
+"""A loader that decodes the split once and keeps it on the device, ready to feed.
 
-Per step it only indexes: one gather of uint8 RGBA and float depth, then the [0, 1] scaling and
-XYZA computed on the device for the whole batch. Nothing per sample runs on the host.
+The [0, 1] scaling and XYZA are computed once, on the device, when the split is loaded (with the
+same functions as every other loader, so the tensors are identical); a batch is then one gather
+per tensor. That costs 2 x 64 KB per 64x64 sample of device memory (~630 MB for the 4,800-sample
+train split) and nothing per sample runs on the host.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,21 @@ def decode_split(root: str | Path, sample_ids: list[str], workers: int = 4, prog
     }
 
 
+def model_inputs(tensors: dict, device, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rgb [N, 4, H, W] in [0, 1], lidar XYZA [N, 4, H, W], label [N]) on `device`, computed in
+    chunks so the decoded uint8 split is never expanded to float all at once on top of the result."""
+    label = tensors["label"].to(device)
+    azimuth, zenith = tensors["azimuth"].to(device), tensors["zenith"].to(device)
+    rgb, lidar = [], []
+    for start in range(0, len(label), chunk):
+        part = label[start:start + chunk]
+        rgb.append(rgba_to_float(tensors["rgba"][start:start + chunk].to(device)))
+        lidar.append(depth_to_xyza(tensors["depth"][start:start + chunk].to(device), azimuth[part], zenith[part]))
+    if not rgb:
+        return torch.empty(0, 4, 0, 0, device=device), torch.empty(0, 4, 0, 0, device=device), label
+    return torch.cat(rgb), torch.cat(lidar), label
+
+
 class ResidentLoader:
     """Batches by indexing device-resident tensors; a seeded permutation per epoch."""
 
@@ -40,7 +57,7 @@ class ResidentLoader:
                  device="cpu", workers=4, tensors: dict | None = None):
         self.device = torch.device(device)
         tensors = tensors if tensors is not None else decode_split(root, sample_ids, workers)
-        self.tensors = {k: v.to(self.device) for k, v in tensors.items()}
+        self.rgb, self.lidar, self.label = model_inputs(tensors, self.device)
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
         self.num_samples = len(sample_ids)
         self.epoch = 0
@@ -54,12 +71,8 @@ class ResidentLoader:
         return torch.from_numpy(epoch_order(self.num_samples, self.seed, epoch, self.shuffle)).to(self.device)
 
     def batch(self, index: torch.Tensor):
-        """One gather per tensor (index_select: on CPU ~10x faster than t[index] for uint8)."""
-        t = self.tensors
-        label = t["label"].index_select(0, index)
-        rgb = rgba_to_float(t["rgba"].index_select(0, index))
-        lidar = depth_to_xyza(t["depth"].index_select(0, index), t["azimuth"][label], t["zenith"][label])
-        return rgb, lidar, label
+        """One gather per tensor (index_select: on CPU ~10x faster than t[index])."""
+        return self.rgb.index_select(0, index), self.lidar.index_select(0, index), self.label.index_select(0, index)
 
     def __iter__(self):
         order = self.order(self.epoch)

@@ -2,11 +2,14 @@
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
+
+from scipy.stats import binomtest
 
 from loaders.dataset import DatasetError, label_of
 
-MIN_PRIOR, MAX_PRIOR = 0.01, 0.99
+FALSE_ALARM_RATE = 1e-6
 
 
 def make_split(ids: list[str], val_fraction: float = 0.2, seed: int = 42) -> dict:
@@ -37,6 +40,12 @@ def check_split(split: dict, known_ids: set[str], source: str) -> None:
         if key not in split:
             raise DatasetError(f"{source} has no {key!r} key (expected {{seed, train, val}})")
     for key in ("train", "val"):
+        if not isinstance(split[key], list) or not all(isinstance(i, str) for i in split[key]):
+            kind = type(split[key]).__name__
+            raise DatasetError(f"{source}: {key!r} must be a list of sample id strings, got {kind}")
+        repeated = sorted(i for i, n in Counter(split[key]).items() if n > 1)
+        if repeated:
+            raise DatasetError(f"{source}: {len(repeated)} {key} ids appear more than once, e.g. {repeated[:3]}")
         unknown = [i for i in split[key] if i not in known_ids]
         if unknown:
             raise DatasetError(f"{source}: {len(unknown)} {key} ids are not in the dataset, e.g. {unknown[:3]}")
@@ -77,12 +86,29 @@ def stratified_subset(ids: list[str], n: int | None) -> list[str]:
     return [i for i in ids if i in chosen]
 
 
-def check_class_prior(labels, what: str = "first training batch") -> float:
-    """The seed's guard: a batch of (nearly) one class means the loader is not shuffling."""
-    prior = float(sum(int(x) for x in labels)) / max(len(labels), 1)
-    if prior < MIN_PRIOR or prior > MAX_PRIOR:
+def class_share(ids: list[str]) -> float:
+    """The fraction of class 1 (spheres) among `ids`."""
+    return sum(label_of(i) for i in ids) / max(len(ids), 1)
+
+
+def check_class_prior(labels, share: float = 0.5, what: str = "first training batch") -> float:
+    """The seed's guard, made statistical: a batch far more one-sided than shuffling gives means
+    the split or the loader's order is broken.
+
+    A shuffled batch of n samples from a split whose class-1 share is `share` holds a binomial
+    number of class 1; the guard trips when the two-sided exact binomial test puts the batch's
+    count below FALSE_ALARM_RATE (1e-6), so a correct loader trips it by chance at most once in
+    a million batches, at any batch size. At batch 32 on a balanced split that means 0-2 or 30-32
+    of one class; at batch 8 not even a one-class batch trips it (chance 1 in 128): a batch that
+    small cannot tell a broken order from luck. Returns the batch's class-1 share.
+    """
+    n, ones = len(labels), sum(int(x) for x in labels)
+    if n == 0 or not 0 < share < 1:
+        return ones / max(n, 1)
+    p_value = binomtest(ones, n, share).pvalue
+    if p_value < FALSE_ALARM_RATE:
         raise DatasetError(
-            f"the {what} is extremely imbalanced (class prior {prior:.4f}); the model would memorise "
-            "label ordering. Recreate the split or check the loader's shuffling."
-        )
-    return prior
+            f"the {what} holds {ones} of {n} samples of class 1 where the split has {100 * share:.0f}% "
+            f"(chance {p_value:.1e} under shuffling); the model would memorise label ordering. "
+            "Recreate the split or check the loader's shuffling.")
+    return ones / n

@@ -1,7 +1,8 @@
 """The seed study's pipeline: a torch Dataset decoding PNGs with PIL, fed by a DataLoader.
 
 This is the baseline every other loader is compared with, so it stays as the seed wrote it:
-Resize(64) + ToTensor, XYZA per sample on the host, 2 seeded workers, drop_last.
+Resize + ToTensor, XYZA per sample on the host, 2 seeded workers, drop_last. Resize goes to the
+depth map's (H, W) (the seed's Resize(64) for its 64x64 maps), so an image of any size fits.
 """
 
 import random
@@ -19,10 +20,10 @@ from loaders.order import EpochSampler
 class FusionDataset(Dataset):
     """(rgb [4, H, W] in [0, 1], lidar XYZA [4, H, W], label) for a list of sample ids."""
 
-    def __init__(self, root: str | Path, sample_ids: list[str], size: int = 64):
+    def __init__(self, root: str | Path, sample_ids: list[str]):
         self.root = str(Path(root).expanduser())
         self.sample_ids = list(sample_ids)
-        self.transform = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
+        self.to_tensor = transforms.ToTensor()
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -30,10 +31,8 @@ class FusionDataset(Dataset):
     def __getitem__(self, index: int):
         files = sample_files(self.root, self.sample_ids[index])
         azimuth, zenith = load_angles(self.root, files.folder)
-        rgb = self.transform(open_rgba(files.rgb))
         depth = torch.from_numpy(read_depth(files.lidar, azimuth, zenith))
-        if rgb.shape[1:] != depth.shape:
-            raise DatasetError(f"{files.rgb} resizes to {tuple(rgb.shape[1:])} but {files.lidar} is {tuple(depth.shape)}")
+        rgb = self.to_tensor(transforms.Resize(tuple(depth.shape))(open_rgba(files.rgb)))
         lidar = depth_to_xyza(depth, torch.from_numpy(azimuth), torch.from_numpy(zenith))
         return rgb, lidar, torch.tensor(files.label, dtype=torch.int64)
 
@@ -43,6 +42,20 @@ def seed_worker(worker_id: int) -> None:
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
+
+
+def worker_errors_unwrapped(loader):
+    """Iterates `loader`; a DatasetError re-raised from a worker ("Caught DatasetError in DataLoader
+    worker process 1. Original Traceback ...") is raised again with only the cause's message,
+    which names the file, so a saved error keeps what matters instead of a traceback's head."""
+    try:
+        yield from loader
+    except DatasetError as error:
+        text = str(error)
+        if not text.startswith("Caught "):
+            raise
+        cause = text.rstrip().splitlines()[-1]
+        raise DatasetError(cause.partition("DatasetError: ")[2] or cause) from None
 
 
 class TorchLoader:
@@ -76,7 +89,7 @@ class TorchLoader:
 
     def __iter__(self):
         non_blocking = self.device.type == "cuda"
-        for rgb, lidar, label in self.loader:
+        for rgb, lidar, label in worker_errors_unwrapped(self.loader):
             yield (rgb.to(self.device, non_blocking=non_blocking),
                    lidar.to(self.device, non_blocking=non_blocking),
                    label.to(self.device, non_blocking=non_blocking))

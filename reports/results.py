@@ -2,11 +2,17 @@
 
 Rows are appended and flushed as each variant finishes, so an interrupted run keeps everything
 it completed; readers keep the last row per variant, so a resumed run can re-run a failure.
+A row is one line written whole with its newline: a file that does not end in a newline was
+cut mid-row (a crash, a full disk), and its torn last line is dropped with a warning when read
+and cut off before the next append, so the variant counts as not done and --resume re-runs it.
 """
 
 import csv
+import io
 import json
 import math
+import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -41,33 +47,62 @@ RESULTS, CURVES, INFERENCE, LOADERS, ENV = "results.csv", "curves.csv", "inferen
 
 
 def _cell(value):
+    """A CSV cell: NaN and None empty, text on one line (a row is exactly one line of the file)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, str):
+        return " ".join(value.splitlines())
     return value
 
 
+def _complete_bytes(data: bytes, path: Path) -> bytes:
+    """`data` up to its last newline; a torn last line is dropped with a warning naming the file."""
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        warnings.warn(f"{path}: dropped a torn last line ({len(data) - end} bytes, a row cut off by a crash); "
+                      "its variant counts as not done", stacklevel=3)
+    return data[:end]
+
+
 def append_rows(path: str | Path, rows: list[dict], columns: list[str]) -> None:
-    """Appends rows (header first if the file is new); a key outside the schema is a bug."""
+    """Appends rows (header first if the file is new) in one write, then flushes them to disk;
+    a torn last line is cut off first so the new rows never join it. A key outside the schema is a bug."""
     path = Path(path)
     for row in rows:
         unknown = set(row) - set(columns)
         if unknown:
             raise KeyError(f"{path.name}: columns {sorted(unknown)} are not in the schema")
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        if new:
-            writer.writeheader()
-        writer.writerows({k: _cell(row.get(k)) for k in columns} for row in rows)
+    size = path.stat().st_size if path.exists() else 0
+    complete = size
+    if size:
+        with path.open("rb") as f:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":  # torn: only then is the whole file read
+                complete = len(_complete_bytes(path.read_bytes(), path))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    if complete == 0:
+        writer.writeheader()
+    writer.writerows({k: _cell(row.get(k)) for k in columns} for row in rows)
+    with path.open("r+b" if size else "wb") as f:
+        f.truncate(complete)
+        f.seek(complete)
+        f.write(text.getvalue().encode())
         f.flush()
+        os.fsync(f.fileno())
 
 
 def read_table(path: str | Path, key: str | None = "variant") -> pd.DataFrame:
-    """A run table; with a key, the last row of each key wins (a resumed run re-ran it)."""
+    """A run table without a torn last line; with a key, the last row of each key wins (a
+    resumed run re-ran it)."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    table = pd.read_csv(path)
+    data = _complete_bytes(path.read_bytes(), path)
+    if data.count(b"\n") < 2:  # no row (or not even a whole header)
+        header = data.decode().strip()
+        return pd.DataFrame(columns=header.split(",") if header else None)
+    table = pd.read_csv(io.BytesIO(data))
     if key and key in table:
         table = table.drop_duplicates(key, keep="last").reset_index(drop=True)
     return table
@@ -76,7 +111,7 @@ def read_table(path: str | Path, key: str | None = "variant") -> pd.DataFrame:
 def done_variants(run_dir: str | Path) -> set[str]:
     """Variants that finished with status ok; --resume skips them."""
     table = read_table(Path(run_dir) / RESULTS)
-    if table.empty:
+    if table.empty or "status" not in table:
         return set()
     return set(table.loc[table["status"] == "ok", "variant"])
 

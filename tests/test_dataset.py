@@ -78,11 +78,39 @@ def test_corrupt_png(broken):
         read_sample(broken, "sphere_0002")
 
 
-def test_rgb_without_alpha(broken):
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "P"])
+def test_pngs_without_four_channels_get_rgba(broken, mode):
+    """As in the seed (PIL): grey, grey+alpha, RGB and palette PNGs are read, converted to RGBA."""
     path = broken / "cubes" / "rgb" / "0001.png"
-    Image.open(path).convert("RGB").save(path)
-    with pytest.raises(DatasetError, match="expected RGBA"):
-        read_sample(broken, "cube_0001")
+    original = Image.open(path)
+    original.convert(mode).save(path)
+    rgba, _, _ = read_sample(broken, "cube_0001")
+    expected = np.array(original.convert(mode).convert("RGBA"))
+    assert rgba.shape == (64, 64, 4) and np.array_equal(rgba, expected)
+    if mode in ("L", "RGB"):
+        assert (rgba[..., 3] == 255).all()  # an opaque alpha channel
+
+
+@pytest.mark.parametrize("size", [(96, 96), (40, 50)])
+def test_images_of_another_size_are_resized_like_the_seed(broken, size):
+    """Resized to the depth map's size with the seed's torchvision Resize (bilinear on PIL)."""
+    from torchvision import transforms
+    path = broken / "cubes" / "rgb" / "0001.png"
+    Image.open(path).resize(size).save(path)
+    rgba, depth, _ = read_sample(broken, "cube_0001")
+    seed = transforms.Resize((64, 64))(Image.open(path))
+    assert rgba.shape[:2] == depth.shape and np.array_equal(rgba, np.array(seed))
+    rgb, _, _ = FusionDataset(broken, ["cube_0001"])[0]
+    assert torch.equal(rgb, rgba_to_float(torch.from_numpy(rgba)))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_float16_and_float64_depth_read_as_float32(broken, dtype):
+    path = broken / "cubes" / "lidar" / "0002.npy"
+    original = np.load(path)
+    np.save(path, original.astype(dtype))
+    _, depth, _ = read_sample(broken, "cube_0002")
+    assert depth.dtype == np.float32 and np.array_equal(depth, original.astype(dtype).astype(np.float32))
 
 
 def test_wrong_depth_shape(broken):
@@ -91,12 +119,15 @@ def test_wrong_depth_shape(broken):
         read_sample(broken, "cube_0003")
 
 
-def test_nan_depth(broken):
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_depth(broken, value):
     depth = np.load(broken / "cubes" / "lidar" / "0004.npy")
-    depth[10, 10] = np.nan
+    depth[10, 12] = value
     np.save(broken / "cubes" / "lidar" / "0004.npy", depth)
-    with pytest.raises(DatasetError, match=r"0004.npy contains NaN"):
+    with pytest.raises(DatasetError, match=r"0004.npy contains 1 non-finite depth values .* row 10, column 12"):
         read_sample(broken, "cube_0004")
+    with pytest.raises(DatasetError, match=r"0004.npy contains 1 non-finite"):
+        FusionDataset(broken, ["cube_0004"])[0]
 
 
 def test_angle_lengths_must_match_depth(broken):

@@ -1,6 +1,7 @@
 """The prepared form: what it writes, that it equals read_sample, and that stale copies are refused."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def test_prepare_writes_arrays_and_manifest(dataset):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["ids"] == discover_ids(dataset)
     assert manifest["source"] == str(dataset.resolve())
-    assert manifest["version"] == 1
+    assert manifest["version"] == 2
     assert manifest["arrays"]["rgba"] == {"shape": [12, 64, 64, 4], "dtype": "uint8"}
     assert manifest["arrays"]["depth"] == {"shape": [12, 64, 64], "dtype": "float32"}
     assert manifest["arrays"]["azimuth"]["shape"] == [2, 64]
@@ -97,3 +98,36 @@ def test_unknown_ids_are_named(dataset):
     prepare_dataset(dataset, progress=False)
     with pytest.raises(DatasetError, match="cube_0042"):
         open_prepared(dataset).rows(["cube_0000", "cube_0042"])
+
+
+def test_a_file_rewritten_after_preparing_makes_it_stale(dataset):
+    """Same ids, other content: the files' signature (size, mtime) changed, so it is refused."""
+    prepare_dataset(dataset, progress=False)
+    path = dataset / "cubes" / "lidar" / "0002.npy"
+    np.save(path, np.load(path) + 1)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # coarse-clock filesystems
+    assert find_prepared(dataset) is None
+    with pytest.raises(DatasetError, match=r"stale: files of .* changed after it was prepared.*bench prepare"):
+        open_prepared(dataset)
+
+
+def test_broken_data_leaves_no_prepared_folder(dataset):
+    (dataset / "cubes" / "rgb" / "0001.png").write_bytes(b"broken")
+    with pytest.raises(DatasetError, match=r"cannot decode PNG .*cubes/rgb/0001.png"):
+        prepare_dataset(dataset, progress=False)
+    assert not (dataset / "prepared").exists()
+
+
+def test_prepared_form_takes_the_seeds_inputs(dataset):
+    """An RGB image of another size and a float64 depth map are prepared as read_sample reads them."""
+    path = dataset / "spheres" / "rgb" / "0003.png"
+    Image.open(path).convert("RGB").resize((100, 100)).save(path)
+    depth_path = dataset / "spheres" / "lidar" / "0003.npy"
+    np.save(depth_path, np.load(depth_path).astype(np.float64))
+    prepare_dataset(dataset, progress=False)
+    prepared = open_prepared(dataset)
+    row = prepared.rows(["sphere_0003"])[0]
+    rgba, depth, _ = read_sample(dataset, "sphere_0003")
+    np.testing.assert_array_equal(prepared.rgba[row], rgba)
+    np.testing.assert_array_equal(prepared.depth[row], depth)
+    assert (rgba[..., 3] == 255).all()

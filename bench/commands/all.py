@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run: skip variants already done there")
+    p.add_argument("--force", action="store_true", help="--out on an existing run: move the old run aside first")
     p.add_argument("--target-acc", type=float, default=99.0, help="validation accuracy %% for time-to-target")
     p.add_argument("--repeats", type=positive, default=1, help="train each variant this many times")
     p.add_argument("--warmup-steps", type=positive, default=5, help="first steps excluded from timing")
@@ -36,11 +37,14 @@ def run(args) -> int:
     from bench.datasource import resolve_data, resolve_split
     from bench.instruments.env import collect_env, hardware_key
     from bench.matrix import run_matrix
+    from bench.rundir import code_version, open_run_dir, sigterm_as_interrupt, split_fingerprint
+    from loaders.check import check_dataset
     from loaders.split import stratified_subset
-    from reports.results import FINGERPRINT, write_env
+    from reports.results import FINGERPRINT
 
     if args.resume and not (Path(args.resume) / "results.csv").exists():
         raise SystemExit(f"error: --resume {args.resume}: no results.csv there (is it a run directory?)")
+    sigterm_as_interrupt()
     device = resolve_device(args.device)
     amp_dtype = args.amp_dtype
     if args.amp and amp_dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -59,13 +63,20 @@ def run(args) -> int:
         device=device, epochs=args.epochs or profile["epochs"], seed=args.seed, warmup_steps=args.warmup_steps,
         target_acc=args.target_acc, repeats=args.repeats, infer_batch_sizes=tuple(args.infer_batch_sizes),
         infer_iters=profile["infer_iters"], workers=args.workers, progress=not args.no_progress)
+    try:
+        check = check_dataset(root, cfg.train_ids + cfg.val_ids, progress=cfg.progress)
+    except KeyboardInterrupt:
+        print("\ninterrupted during the data check, before the run started; nothing was written", file=sys.stderr)
+        return 130
+    check.raise_if_broken()  # a DatasetError: exit code 2 (bench/cli.py), before any training
+    settings = {"epochs": cfg.epochs, "profile": profile_name, "seed": args.seed, "data": check.fingerprint,
+                "split": split_fingerprint(split), "code": code_version()}
     ctx = RunContext()
     env = {**collect_env(device), "profile": profile_name, "data": str(root), "split": str(split_path),
            "command": " ".join(sys.argv)}
     env["hardware"] = hardware_key(env)
     _start_nvml(cfg, ctx, args.nvml_period, variants[0], env)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_env(run_dir, env)
+    run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841 (held until run() returns)
     fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
     print(f"{len(variants)} variants, profile {profile_name}, {len(cfg.train_ids)} train / {len(cfg.val_ids)} val "
           f"samples, {cfg.epochs} epochs on {device}; writing {run_dir}")
