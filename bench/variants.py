@@ -19,6 +19,7 @@ class Variant:
     memory_format: str = "contiguous"
     batch_size: int = 32
     loader: str = "torch"
+    epochs: int | None = None  # None: the run's --epochs; set for short pipeline probes (bench.options)
 
     def __post_init__(self):
         for field, value, allowed in (
@@ -30,16 +31,26 @@ class Variant:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}, got {value!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_mode != "none"
 
     @property
     def name(self) -> str:
-        """e.g. add-maxpool-bf16-compile_default-cl-resident-b32"""
-        compiled = "eager" if self.compile_mode == "none" else f"compile_{self.compile_mode}"
-        return "-".join([self.arch, self.downsample, self.precision, compiled,
-                         _FORMAT_TAG[self.memory_format], self.loader, f"b{self.batch_size}"])
+        """e.g. add-maxpool-bf16-compile_default-cl-resident-b32 (-e3 for a 3-epoch probe)"""
+        compiled = f"compile_{self.compile_mode}" if self.compiled else "eager"
+        parts = [self.arch, self.downsample, self.precision, compiled, _FORMAT_TAG[self.memory_format], self.loader,
+                 f"b{self.batch_size}"]
+        return "-".join(parts + ([f"e{self.epochs}"] if self.epochs else []))
 
     def settings(self) -> dict:
-        return {"variant": self.name, **asdict(self)}
+        """The row's settings columns (epochs is a row column of its own, filled by the runner)."""
+        settings = asdict(self)
+        del settings["epochs"]
+        return {"variant": self.name, **settings}
 
 
 def build_matrix(archs, downsamples=("maxpool",), precisions=("fp32",), compile_modes=("none",),

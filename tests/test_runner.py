@@ -23,7 +23,8 @@ def split(tiny_data):
 
 def config(tiny_data, split, **overrides) -> RunConfig:
     settings = dict(data_root=str(tiny_data), train_ids=split["train"][:16], val_ids=split["val"][:16],
-                    device=torch.device("cpu"), epochs=1, warmup_steps=1, infer_iters=2, workers=0, progress=False)
+                    device=torch.device("cpu"), epochs=1, warmup_steps=1, infer_iters=2, workers=0, progress=False,
+                    reference_steps=2)
     settings.update(overrides)
     return RunConfig(**settings)
 
@@ -40,6 +41,8 @@ def test_fp32_row_has_every_measurement(tiny_data, split):
     assert row["flops_per_sample"] > 1e8
     assert row["mfu"] is None and "no CUDA" in row["nvml_note"]  # CPU: n/a with the reason, never 0
     assert row["samples_trained"] == 2 * 2 * 8
+    assert row["optimizer"] == "adam-forloop" and row["reference_samples_per_s"] > 0
+    assert row["harness_efficiency"] == pytest.approx(row["train_samples_per_s"] / row["reference_samples_per_s"])
     assert [c["epoch"] for c in result.curves] == [0, 1]
     assert set(result.curves[0]) == set(CURVE_COLUMNS)
     assert result.curves[1]["lr"] < result.curves[0]["lr"]  # cosine schedule over the epochs

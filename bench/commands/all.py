@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bench.options import PROFILES, add_data_args, add_matrix_args, csv_list, matrix, positive, resolve_device
+from bench.options import PROFILES, add_data_args, add_matrix_args, csv_list, default_profile, matrix, positive, resolve_device
 
 
 def add_parser(sub) -> None:
@@ -46,7 +46,7 @@ def run(args) -> int:
     if args.amp and amp_dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         print(f"{torch.cuda.get_device_name(device)} has no bf16: --amp uses fp16 (with GradScaler)")
         amp_dtype = "fp16"
-    profile_name = args.profile or ("seed" if device.type == "cuda" else "quick")
+    profile_name = args.profile or default_profile(device.type)
     profile = PROFILES[profile_name]
     variants = matrix(args, profile_name, amp_dtype)
     run_dir = run_dir_path(args.resume or args.out)
@@ -58,7 +58,8 @@ def run(args) -> int:
         val_ids=stratified_subset(split["val"], profile["val_limit"]),
         device=device, epochs=args.epochs or profile["epochs"], seed=args.seed, warmup_steps=args.warmup_steps,
         target_acc=args.target_acc, repeats=args.repeats, infer_batch_sizes=tuple(args.infer_batch_sizes),
-        infer_iters=profile["infer_iters"], workers=args.workers, progress=not args.no_progress)
+        infer_iters=profile["infer_iters"], workers=args.workers, progress=not args.no_progress,
+        reference_steps=profile["reference_steps"])
     ctx = RunContext()
     env = {**collect_env(device), "profile": profile_name, "data": str(root), "split": str(split_path),
            "command": " ".join(sys.argv)}
@@ -84,7 +85,7 @@ def run(args) -> int:
 def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict) -> None:
     """Starts the sampler when NVML can watch this device; else records why its columns are empty."""
     from bench.instruments.nvml import NvmlSampler, nvml_unavailable_reason
-    from bench.matrix import sampler_overhead
+    from bench.nvml_overhead import sampler_overhead
     reason = nvml_unavailable_reason(cfg.device)
     if reason:
         ctx.nvml_reason = reason
