@@ -1,6 +1,7 @@
 """The measurement path on CPU: fp32, bf16 autocast, torch.compile, failures, resume and Ctrl-C."""
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -137,3 +138,23 @@ def test_short_training_lowers_loss_and_beats_chance(tiny_data, split):
     curves = result.curves
     assert curves[-1]["train_loss"] < curves[0]["train_loss"]
     assert result.row["accuracy"] > 60.0, curves  # chance is 50 %; 60 % on 384 samples is p < 1e-4
+
+
+def test_report_shows_speed_up_over_the_seed_pipeline_and_energy_windows(tiny_data, split, tmp_path, monkeypatch):
+    rates = {"torch": 2000.0, "resident": 9000.0}
+
+    def faked(variant, cfg, ctx=None):
+        result = fake_result(variant)
+        result.row.update(train_samples_per_s=rates[variant.loader], harness_efficiency=0.9, energy_j=10.0,
+                          samples_per_j=5.0, compile_energy_j=3.0, val_energy_j=1.0, phase_energy_j=15.0)
+        return result
+
+    monkeypatch.setattr(run_module, "measure", faked)
+    variants = [Variant("add", loader="torch", epochs=3), Variant("add", precision="bf16", loader="resident")]
+    run_matrix(variants, config(tiny_data, split), tmp_path, {})
+    report = (tmp_path / "report.md").read_text()
+    assert "## Speed-up over the seed's way of training" in report
+    speed_up = [line for line in report.split("## Speed-up")[1].splitlines() if "resident-b32" in line][0]
+    assert re.search(r"\| resident +\| +9,000 \| +4\.50? \|", speed_up), speed_up  # 9,000 / 2,000
+    assert "harness efficiency" in report and re.search(r"\| +0\.90? \|", report)
+    assert "cover the timed steady training steps only" in report and "compile J" in report
