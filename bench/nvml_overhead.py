@@ -20,7 +20,7 @@ from bench.variants import Variant
 
 
 def paired_overhead(rate_without, rate_with, target_width_pct: float = 1.0, min_rounds: int = 5,
-                    max_rounds: int = 60, budget_s: float = 60.0) -> dict:
+                    max_rounds: int = 60, budget_s: float = 30.0) -> dict:
     """Mean overhead % = 100 (without - with) / without over alternating rounds, with its 95 %
     interval; `rate_*` are callables returning a throughput."""
     overheads, without, with_ = [], [], []
