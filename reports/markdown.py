@@ -79,7 +79,8 @@ def energy_table(ok: pd.DataFrame) -> str:
     table = ok[[c for c in columns if c in ok]].rename(columns=columns)
     digits = {name: 0 for name in table.columns if name not in ("variant", "source", "samples/J", "throttled")}
     table = _fmt(table, {**digits, "samples/J": 1, "throttled": 2}).to_markdown(index=False)
-    return ENERGY_WINDOWS + "\n\n" + table
+    windows = ENERGY_WINDOWS if "phase_energy_j" in ok else "Windows: every figure covers the whole training phase."
+    return windows + "\n\n" + table
 
 
 def seed_pipeline_table(ok: pd.DataFrame) -> str:
