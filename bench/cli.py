@@ -39,3 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a command had anything to save (bench all handles its own)
+        print("\ninterrupted", file=sys.stderr)
+        return 130

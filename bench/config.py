@@ -22,12 +22,15 @@ class RunConfig:
     infer_iters: int = 20
     workers: int = 2
     progress: bool = True
+    reference_steps: int = 20  # timed steps of the plain reference loop per variant (0: skip it)
 
 
 @dataclass
 class RunContext:
-    """State shared by the variants of one run: the NVML sampler and decoded splits."""
+    """State shared by the variants of one run: the NVML sampler, decoded splits and the
+    reference loop's samples/s per model setting."""
     sampler: object = None  # bench.instruments.nvml.NvmlSampler while NVML works, else None
     nvml_reason: str = ""  # why NVML columns are empty
     idle_power_w: float | None = None
     loader_cache: dict = field(default_factory=dict)
+    reference_cache: dict = field(default_factory=dict)

@@ -1,10 +1,7 @@
 """Runs a list of variants into a run directory: rows written as each finishes, failures recorded."""
 
-import math
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -56,32 +53,3 @@ def run_matrix(variants: list[Variant], cfg: RunConfig, run_dir: Path, fingerpri
 def _free_memory(cfg: RunConfig) -> None:
     if cfg.device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def sampler_overhead(cfg: RunConfig, ctx: RunContext, variant: Variant, steps: int = 50, rounds: int = 3) -> dict:
-    """Training throughput with and without the NVML sampler, alternated so drift hits both alike."""
-    from bench.instruments.nvml import NvmlSampler
-    from bench.runner import Trainer
-
-    trainer = Trainer(variant, cfg)
-    rgb = torch.rand(variant.batch_size, 4, 64, 64, device=cfg.device)
-    lidar = torch.rand(variant.batch_size, 4, 64, 64, device=cfg.device)
-    label = torch.randint(0, 2, (variant.batch_size,), device=cfg.device)
-
-    def rate() -> float:
-        torch.cuda.synchronize(cfg.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.step(rgb, lidar, label)
-        torch.cuda.synchronize(cfg.device)
-        return steps * variant.batch_size / (time.perf_counter() - start)
-
-    rate()  # warm-up
-    without, with_sampler = [], []
-    for _ in range(rounds):
-        without.append(rate())
-        with NvmlSampler(cfg.device, ctx.sampler.period_s):
-            with_sampler.append(rate())
-    base, sampled = float(np.median(without)), float(np.median(with_sampler))
-    return {"samples_per_s_without": base, "samples_per_s_with": sampled,
-            "overhead_pct": 100 * (base - sampled) / base if base else math.nan}

@@ -1,22 +1,45 @@
 """Command-line pieces shared by several commands: list types, argument groups, profiles, devices."""
 
 import argparse
+import importlib.util
+import itertools
+from dataclasses import replace
 
 import torch
 
-from bench.variants import COMPILE_MODES, MEMORY_FORMATS, build_matrix, filter_variants
+from bench.variants import COMPILE_MODES, MEMORY_FORMATS, Variant, build_matrix, filter_variants
 from loaders import LOADERS
 from models import ARCHITECTURES, DOWNSAMPLES
 
-# A profile is a set of defaults; any flag given on the command line wins. `seed` is the seed's
-# exact job. `quick` fits two CPU cores in about five minutes: the resident loader so the cores
-# train rather than decode PNGs, and batch 16 so the seed's lr 1e-4 gets enough steps to learn.
+# A profile is a set of defaults; any flag given on the command line wins. `gpu` (the default
+# with a GPU) keeps the seed's job (all data, 20 epochs, batch 32) but feeds the matrix from the
+# resident loader, so AMP and compile variants are not all held to the seed DataLoader's speed;
+# beside each network it measures the seed's own pipeline (torch DataLoader, fp32, eager) and,
+# where DALI imports, DALI-fed rows, each for `pipeline_epochs` epochs: enough for a steady
+# throughput and data-wait share, short enough that the run fits 8 minutes on one H100.
+# `seed` is the seed's exact job alone. `quick` fits two CPU cores in about five minutes: the
+# resident loader so the cores train rather than decode PNGs, and batch 16 so the seed's lr 1e-4
+# gets enough steps to learn. reference_steps: timed steps of the plain reference loop.
 PROFILES = {
     "quick": {"epochs": 3, "batch_size": [16], "loader": ["resident"], "train_limit": 1024, "val_limit": 160,
-              "infer_iters": 3},
+              "infer_iters": 3, "reference_steps": 20, "pipeline_epochs": None},
+    "gpu": {"epochs": 20, "batch_size": [32], "loader": ["resident"], "train_limit": None, "val_limit": None,
+            "infer_iters": 50, "reference_steps": 200, "pipeline_epochs": 3},
     "seed": {"epochs": 20, "batch_size": [32], "loader": ["torch"], "train_limit": None, "val_limit": None,
-             "infer_iters": 50},
+             "infer_iters": 50, "reference_steps": 200, "pipeline_epochs": None},
 }
+
+
+def default_profile(device_type: str) -> str:
+    return "gpu" if device_type == "cuda" else "quick"
+
+
+def dali_available() -> bool:
+    """Whether DALI imports here (its rows join the gpu profile's matrix only then)."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def csv_list(kind, allowed=None):
@@ -58,7 +81,7 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=csv_list(positive), help="training batch size(s), e.g. 32,512 (profile default 32)")
     p.add_argument("--loader", type=csv_list(str, LOADERS), help="torch,resident,dali (profile default: quick resident, seed torch)")
     p.add_argument("--variants", nargs="+", metavar="PATTERN", help="keep variants whose name matches (glob or substring)")
-    p.add_argument("--profile", choices=PROFILES, help="quick (default without a GPU) or seed (default with one)")
+    p.add_argument("--profile", choices=PROFILES, help="quick (default without a GPU), gpu (default with one) or seed")
 
 
 def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
@@ -68,11 +91,26 @@ def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
     variants = build_matrix(args.arch, args.downsample, ["fp32", amp_dtype] if args.amp else ["fp32"],
                             ["none", args.compile_mode] if args.compile else ["none"], args.memory_format,
                             args.batch_size or profile["batch_size"], args.loader or profile["loader"])
+    if profile["pipeline_epochs"] and not args.loader:
+        variants = with_pipeline_rows(variants, profile["pipeline_epochs"], dali_available())
     chosen = filter_variants(variants, args.variants)
     if not chosen:
         raise SystemExit(f"error: --variants {' '.join(args.variants)} matches none of the {len(variants)} variants "
                          "(see `python -m bench list`)")
     return chosen
+
+
+def with_pipeline_rows(variants: list, epochs: int, dali: bool) -> list:
+    """Each network's variants led by the seed's pipeline (torch DataLoader, fp32, eager,
+    contiguous) and, with DALI, followed by DALI-fed copies of its slowest and fastest setting."""
+    rows = []
+    for (arch, downsample, batch_size), group in itertools.groupby(variants, lambda v: (v.arch, v.downsample, v.batch_size)):
+        group = list(group)
+        rows.append(Variant(arch, downsample, batch_size=batch_size, loader="torch", epochs=epochs))
+        rows += group
+        if dali:
+            rows += [replace(v, loader="dali", epochs=epochs) for v in dict.fromkeys((group[0], group[-1]))]
+    return rows
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -83,16 +121,16 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise SystemExit(f"error: --device {text}: expected cpu, cuda or cuda:N") from None
+        raise ValueError(f"--device {text}: expected cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"error: --device {text}: expected cpu, cuda or cuda:N")
+        raise ValueError(f"--device {text}: expected cpu, cuda or cuda:N")
     if device.type == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {text} asked for, but torch sees no CUDA device")
+        raise ValueError(f"--device {text} asked for, but torch sees no CUDA device")
     index = torch.cuda.current_device() if device.index is None else device.index
     count = torch.cuda.device_count()
     if index >= count:
-        raise SystemExit(f"error: --device {text}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        raise ValueError(f"--device {text}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)

@@ -2,13 +2,14 @@
 
 A variant (bench.variants.Variant) only changes data here: which network, precision, compiler
 mode, memory format, batch size and loader. The loop itself is the same for all of them.
+measure() runs the phases (train_once per repeat, inference, the reference loop) and then
+summarises them into one result row.
 """
 
 import math
 import time
 import traceback
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -16,13 +17,17 @@ from tqdm import tqdm
 
 from bench.config import RunConfig, RunContext
 from bench.instruments import memory, mfu
-from bench.instruments.timing import Clock, StepTimes, percentiles
+from bench.instruments.timing import Clock, StepTimes, percentiles, rate, time_calls
+from bench.reference_loop import reference_samples_per_s
+from bench.trainer import Trainer
 from bench.variants import Variant
 from loaders import make_loader
 from loaders.split import check_class_prior, class_share
-from models import build_model, count_parameters
+from models import count_parameters
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["Trainer", "TrainingRun", "VariantResult", "failed_row", "measure"]
+
+Window = tuple[float, float]  # perf_counter seconds
 
 
 @dataclass
@@ -30,6 +35,30 @@ class VariantResult:
     row: dict
     curves: list[dict]
     inference: list[dict]
+
+
+@dataclass
+class TrainingRun:
+    """One fresh model trained for the run's epochs: per-step times, curves and the perf_counter
+    windows of its phases (for the NVML energy of each)."""
+    trainer: Trainer
+    val_loader: object
+    t_start: float
+    t_end: float = math.nan
+    curves: list[dict] = field(default_factory=list)
+    data_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    compute_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    epoch_sps: list[float] = field(default_factory=list)  # steady samples/s of each epoch
+    steps: int = 0
+    timed_frames: int = 0  # Dynamo frames compiled during the timed steps: recompilations
+    time_to_target: float = math.nan
+    warmup_window: Window | None = None  # the warm-up steps, where a compiled model compiles
+    steady_windows: list[Window] = field(default_factory=list)  # the timed steps of each epoch
+    eval_windows: list[Window] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return len(self.data_ms) * self.trainer.variant.batch_size
 
 
 def _dynamo_counts() -> dict:
@@ -54,120 +83,77 @@ def _loader(variant: Variant, cfg: RunConfig, ctx: RunContext, ids: list[str], t
     return loader
 
 
-class Trainer:
-    """Model, optimiser and the settings of one variant; step() is the unit that gets timed."""
-
-    def __init__(self, variant: Variant, cfg: RunConfig):
-        self.variant, self.device = variant, cfg.device
-        torch.manual_seed(cfg.seed)
-        self.memory_format = torch.channels_last if variant.memory_format == "channels_last" else torch.contiguous_format
-        self.model = build_model(variant.arch, variant.downsample).to(self.device, memory_format=self.memory_format)
-        self.forward = self.model if variant.compile_mode == "none" else torch.compile(self.model, mode=variant.compile_mode)
-        self.cudagraphs = variant.compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=variant.precision == "fp16")
-        self.criterion = torch.nn.CrossEntropyLoss()
-
-    def autocast(self):
-        if self.variant.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.variant.precision])
-
-    def inputs(self, rgb, lidar):
-        return (rgb.contiguous(memory_format=self.memory_format), lidar.contiguous(memory_format=self.memory_format))
-
-    def logits(self, rgb, lidar):
-        if self.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with self.autocast():
-            return self.forward(*self.inputs(rgb, lidar))
-
-    def step(self, rgb, lidar, label) -> torch.Tensor:
-        loss = self.criterion(self.logits(rgb, lidar).float(), label)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach().clone()
-
-    @torch.no_grad()
-    def evaluate(self, loader) -> tuple[float, float]:
-        """(val_loss as the mean of batch losses, accuracy %), as the seed computed them."""
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        batches = total = 0
-        for rgb, lidar, label in loader:
-            logits = self.logits(rgb, lidar).float()
-            loss_sum += self.criterion(logits, label)
-            correct += (logits.argmax(dim=1) == label).sum()
-            batches, total = batches + 1, total + len(label)
-        self.model.train()
-        return loss_sum.item() / batches, 100.0 * correct.item() / total
+def _train_epoch(run: TrainingRun, loader, times: StepTimes, cfg: RunConfig, desc: str) -> tuple[torch.Tensor, float | None]:
+    """One epoch of timed steps; returns each step's loss (kept on the device: no copy or sync per
+    step) and the start of this epoch's steady window, its first step past the warm-up."""
+    trainer, clock = run.trainer, times.clock
+    losses = torch.zeros(len(loader), device=cfg.device)
+    steps = 0
+    batches = iter(tqdm(loader, desc=desc, unit="step", disable=not cfg.progress, leave=False))
+    frames_before = steady_start = None
+    while True:
+        if steady_start is None and run.steps >= cfg.warmup_steps:  # timed steps start here
+            steady_start = time.perf_counter()
+            frames_before = _dynamo_counts()["frames"]
+            if run.warmup_window is None:
+                run.warmup_window = (run.t_start, steady_start)
+        start = clock.mark()
+        try:
+            rgb, lidar, label = next(batches)
+        except StopIteration:
+            break
+        ready = clock.mark()
+        if run.steps == 0:
+            check_class_prior(label.tolist(), class_share(cfg.train_ids))
+        losses[steps] = trainer.step(rgb, lidar, label)
+        times.add(start, ready, clock.mark())
+        steps, run.steps = steps + 1, run.steps + 1
+    if frames_before is not None:
+        run.timed_frames += _dynamo_counts()["frames"] - frames_before
+    return losses[:steps], steady_start
 
 
-def _train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -> dict:
-    """Trains one fresh model; returns per-step times, per-epoch curves and the trainer."""
+def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -> TrainingRun:
+    """Trains one fresh model for cfg.epochs, evaluating after each epoch as the seed did."""
     trainer = Trainer(variant, cfg)
     train_loader, val_loader = _loader(variant, cfg, ctx, cfg.train_ids, True), _loader(variant, cfg, ctx, cfg.val_ids, False)
-    clock = Clock(cfg.device)
-    times = StepTimes(clock)
-    curves, data_ms, compute_ms, epoch_windows = [], [], [], []
-    timed_frames = 0
-    time_to_target = math.nan
-    step_index = 0
-    t_start = time.perf_counter()
+    times = StepTimes(Clock(cfg.device))
+    run = TrainingRun(trainer, val_loader, t_start=time.perf_counter())
+    data_ms, compute_ms = [], []
     epochs = tqdm(range(cfg.epochs), desc=variant.name, unit="epoch", disable=not cfg.progress, leave=False)
     for epoch in epochs:
         t_epoch = time.perf_counter()
-        losses = torch.zeros(len(train_loader), device=cfg.device)
-        steps = 0
-        batches = iter(tqdm(train_loader, desc=f"epoch {epoch}", unit="step", disable=not cfg.progress, leave=False))
-        frames_before = None
-        while True:
-            start = clock.mark()
-            try:
-                rgb, lidar, label = next(batches)
-            except StopIteration:
-                break
-            ready = clock.mark()
-            if step_index == 0:
-                check_class_prior(label.tolist(), class_share(cfg.train_ids))
-            if frames_before is None and step_index >= cfg.warmup_steps:  # timed steps start here
-                frames_before = _dynamo_counts()["frames"]
-            losses[steps] = trainer.step(rgb, lidar, label)
-            times.add(start, ready, clock.mark())
-            steps, step_index = steps + 1, step_index + 1
-        epoch_data, epoch_compute = times.collect()
-        epoch_s = time.perf_counter() - t_epoch
-        _check_finite(losses[:steps], epoch)
-        if frames_before is not None:
-            timed_frames += _dynamo_counts()["frames"] - frames_before
+        losses, steady_start = _train_epoch(run, train_loader, times, cfg, f"epoch {epoch}")
+        epoch_data, epoch_compute = times.collect()  # synchronises: the epoch's work is done
+        _check_finite(losses, epoch)
+        steps = len(losses)
+        t_eval = time.perf_counter()
+        if steady_start is not None:
+            run.steady_windows.append((steady_start, t_eval))
+        skip = max(cfg.warmup_steps - sum(len(d) for d in data_ms), 0)
         data_ms.append(epoch_data)
         compute_ms.append(epoch_compute)
+        epoch_sps = rate((epoch_data + epoch_compute)[skip:], variant.batch_size)
+        if not math.isnan(epoch_sps):
+            run.epoch_sps.append(epoch_sps)
         lr = trainer.optimizer.param_groups[0]["lr"]
         trainer.scheduler.step()
-        t_eval = time.perf_counter()
         val_loss, accuracy = trainer.evaluate(val_loader)  # .item() inside synchronises
         if not math.isfinite(val_loss):
             raise FloatingPointError(f"validation loss is not finite at epoch {epoch}")
-        elapsed = time.perf_counter() - t_start
-        eval_s = elapsed - (t_eval - t_start)
-        if math.isnan(time_to_target) and accuracy >= cfg.target_acc:
-            time_to_target = elapsed
-        skip = max(cfg.warmup_steps - sum(len(d) for d in data_ms[:-1]), 0)
-        steady_ms = (epoch_data + epoch_compute)[skip:]
-        window_sps = len(steady_ms) * variant.batch_size / (steady_ms.sum() / 1000) if len(steady_ms) else math.nan
-        if not math.isnan(window_sps):
-            epoch_windows.append(window_sps)
-        curves.append({"variant": variant.name, "repeat": repeat, "epoch": epoch, "train_loss": losses[:steps].sum().item() / max(steps, 1),
-                       "val_loss": val_loss, "accuracy": accuracy, "lr": lr, "epoch_s": epoch_s, "eval_s": eval_s,
-                       "train_samples_per_s": window_sps, "elapsed_s": elapsed})
+        t_done = time.perf_counter()
+        run.eval_windows.append((t_eval, t_done))
+        elapsed = t_done - run.t_start
+        if math.isnan(run.time_to_target) and accuracy >= cfg.target_acc:
+            run.time_to_target = elapsed
+        run.curves.append({"variant": variant.name, "repeat": repeat, "epoch": epoch,
+                           "train_loss": losses.sum().item() / max(steps, 1), "val_loss": val_loss, "accuracy": accuracy,
+                           "lr": lr, "epoch_s": t_eval - t_epoch, "eval_s": t_done - t_eval,
+                           "train_samples_per_s": epoch_sps, "elapsed_s": elapsed})
         epochs.set_postfix(acc=f"{accuracy:.1f}", loss=f"{val_loss:.4f}")
-    return {"trainer": trainer, "val_loader": val_loader, "curves": curves, "t_start": t_start,
-            "t_end": time.perf_counter(), "time_to_target": time_to_target, "timed_frames": timed_frames,
-            "data_ms": np.concatenate(data_ms), "compute_ms": np.concatenate(compute_ms), "epoch_windows": epoch_windows}
+    run.t_end = time.perf_counter()
+    run.data_ms, run.compute_ms = np.concatenate(data_ms), np.concatenate(compute_ms)
+    return run
 
 
 def _check_finite(losses: torch.Tensor, epoch: int) -> None:
@@ -179,128 +165,132 @@ def _check_finite(losses: torch.Tensor, epoch: int) -> None:
 
 def _inference(trainer: Trainer, val_loader, variant: Variant, cfg: RunConfig) -> list[dict]:
     """Eval-mode, no-grad throughput on real validation batches held on the device."""
-    rows = []
+    batch_sizes = sorted(set(cfg.infer_batch_sizes + (variant.batch_size,)))
     batches = []
     for batch in val_loader:
         batches.append(batch)
-        if sum(len(b[2]) for b in batches) >= max(cfg.infer_batch_sizes + (variant.batch_size,)):
+        if sum(len(b[2]) for b in batches) >= batch_sizes[-1]:
             break
-    rgb_all = torch.cat([b[0] for b in batches])
-    lidar_all = torch.cat([b[1] for b in batches])
-    clock = Clock(cfg.device)
+    rgb_all, lidar_all = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    rows = []
     trainer.model.eval()
-    for batch_size in sorted(set(cfg.infer_batch_sizes + (variant.batch_size,))):
-        if batch_size > len(rgb_all):
-            continue
-        rgb, lidar = rgb_all[:batch_size], lidar_all[:batch_size]
-        with torch.no_grad():
-            for _ in range(3):
-                trainer.logits(rgb, lidar)
-            marks = [clock.mark()]
-            for _ in range(cfg.infer_iters):
-                trainer.logits(rgb, lidar)
-                marks.append(clock.mark())
-            clock.sync()
-        ms = np.array([clock.elapsed_ms(a, b) for a, b in zip(marks, marks[1:])])
-        rows.append({"variant": variant.name, "batch_size": batch_size,
-                     "samples_per_s": batch_size * len(ms) / (ms.sum() / 1000),
-                     **{f"ms_{k}": v for k, v in percentiles(ms).items()}})
+    with torch.no_grad():
+        for batch_size in (b for b in batch_sizes if b <= len(rgb_all)):
+            rgb, lidar = rgb_all[:batch_size], lidar_all[:batch_size]
+            ms = time_calls(lambda: trainer.logits(rgb, lidar), cfg.infer_iters, cfg.device, warmup=3)
+            rows.append({"variant": variant.name, "batch_size": batch_size, "samples_per_s": rate(ms, batch_size),
+                         **{f"ms_{k}": v for k, v in percentiles(ms).items()}})
     trainer.model.train()
     return rows
 
 
-def _energy(cfg: RunConfig, ctx: RunContext, t0: float, t1: float, samples: int, t_target: float) -> dict:
-    from bench.instruments.nvml import nvml_unavailable_reason, summarize
+def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> float:
+    """The plain loop's samples/s for the variant's model settings, once per run (the loader is
+    not part of it, so variants that differ only in loader share it)."""
+    if cfg.reference_steps < 1:
+        return math.nan
+    key = replace(variant, loader="", epochs=None)
+    if key not in ctx.reference_cache:
+        ctx.reference_cache[key] = reference_samples_per_s(variant, cfg.device, cfg.reference_steps,
+                                                           warmup=cfg.warmup_steps, lr=cfg.lr, seed=cfg.seed)
+    return ctx.reference_cache[key]
+
+
+def _nvml_columns(run: TrainingRun, cfg: RunConfig, ctx: RunContext) -> dict:
+    """Energy and utilisation of the timed steady steps, with the compile (warm-up steps),
+    validation and whole-phase energy beside them, and the energy to the target from the start."""
+    from bench.instruments.nvml import nvml_unavailable_reason, summarize_windows, window_energy
     if ctx.sampler is None:
         return {"nvml_note": ctx.nvml_reason or nvml_unavailable_reason(cfg.device) or "NVML sampler not running"}
     timeline = ctx.sampler.timeline()
-    summary = summarize(timeline, t0, t1, ctx.idle_power_w, samples)
-    if not math.isnan(t_target):
-        summary["j_to_target"] = summarize(timeline, t0, t0 + t_target, ctx.idle_power_w, samples)["energy_j"]
-    return summary
+    steady_samples = max(len(run.data_ms) - cfg.warmup_steps, 0) * run.trainer.variant.batch_size
+    columns = summarize_windows(timeline, run.steady_windows, ctx.idle_power_w, steady_samples)
+    columns["compile_energy_j"] = window_energy(timeline, [run.warmup_window])[0] if run.warmup_window else math.nan
+    columns["val_energy_j"] = window_energy(timeline, run.eval_windows)[0]
+    columns["phase_energy_j"] = window_energy(timeline, [(run.t_start, run.t_end)])[0]
+    if not math.isnan(run.time_to_target):
+        columns["j_to_target"] = window_energy(timeline, [(run.t_start, run.t_start + run.time_to_target)])[0]
+    return columns
 
 
 def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> VariantResult:
-    """Runs a variant `cfg.repeats` times and returns its result row, curves and inference rows."""
+    """Runs a variant `cfg.repeats` times (its own epochs where it sets them) and returns its
+    result row, curves and inference rows."""
     ctx = ctx or RunContext()
+    cfg = replace(cfg, epochs=variant.epochs) if variant.epochs else cfg
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # reset() keeps them; graphs and breaks are per variant
     memory.reset_peak(cfg.device)
     runs = []
     for repeat in range(cfg.repeats):
-        if ctx.sampler is not None:
-            ctx.sampler.mark(f"{variant.name}:train:{repeat}")
-        runs.append(_train_once(variant, cfg, ctx, repeat))
-    if ctx.sampler is not None:
-        ctx.sampler.mark(f"{variant.name}:inference")
+        _mark(ctx, f"{variant.name}:train:{repeat}")
+        runs.append(train_once(variant, cfg, ctx, repeat))
+    _mark(ctx, f"{variant.name}:inference")
     last = runs[-1]
-    trainer = last["trainer"]
-    inference = _inference(trainer, last["val_loader"], variant, cfg) if cfg.infer_iters > 0 else []
+    inference = _inference(last.trainer, last.val_loader, variant, cfg) if cfg.infer_iters > 0 else []
     peak = memory.read_peak(cfg.device)
-    if ctx.sampler is not None:
-        ctx.sampler.mark("idle")
+    dynamo = _dynamo_counts()  # before the reference loop, which compiles a model of its own
+    _mark(ctx, f"{variant.name}:reference")
+    reference_sps = _reference(variant, cfg, ctx)
+    _mark(ctx, "idle")
+    row = summarise(variant, cfg, runs, inference, dynamo, reference_sps)
+    row.update(peak)
+    row.update(_nvml_columns(last, cfg, ctx))
+    return VariantResult(row, [c for r in runs for c in r.curves], inference)
 
-    steady = [(r["data_ms"][cfg.warmup_steps:], r["compute_ms"][cfg.warmup_steps:]) for r in runs]
-    data_ms = np.concatenate([d for d, _ in steady])
-    compute_ms = np.concatenate([c for _, c in steady])
+
+def _mark(ctx: RunContext, label: str) -> None:
+    if ctx.sampler is not None:
+        ctx.sampler.mark(label)
+
+
+def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inference: list[dict], dynamo: dict,
+              reference_sps: float) -> dict:
+    """The result row of a variant's training runs (everything but memory and NVML columns)."""
+    last, w = runs[-1], cfg.warmup_steps
+    data_ms = np.concatenate([r.data_ms[w:] for r in runs])
+    compute_ms = np.concatenate([r.compute_ms[w:] for r in runs])
     step_ms = data_ms + compute_ms
-    repeat_sps = [len(d) * variant.batch_size / ((d.sum() + c.sum()) / 1000) for d, c in steady if len(d)]
-    windows = repeat_sps if cfg.repeats > 1 else last["epoch_windows"]
+    repeat_sps = [rate(r.data_ms[w:] + r.compute_ms[w:], variant.batch_size) for r in runs if len(r.data_ms) > w]
+    windows = repeat_sps if cfg.repeats > 1 else last.epoch_sps
     train_sps = float(np.mean(repeat_sps)) if repeat_sps else math.nan
-    compile_s = _compile_seconds(last, cfg.warmup_steps, np.median(step_ms) if len(step_ms) else math.nan)
-    samples_trained = sum(len(r["data_ms"]) for r in runs) * variant.batch_size
-    flops = _flops_per_sample(trainer)
+    flops = _flops_per_sample(last.trainer)
     gpu_name = torch.cuda.get_device_name(cfg.device) if cfg.device.type == "cuda" else ""
-    dynamo = _dynamo_counts()
+    timed_frames = sum(r.timed_frames for r in runs)
     infer_own = next((r for r in inference if r["batch_size"] == variant.batch_size), {})
-    curves = [c for r in runs for c in r["curves"]]
-    final = last["curves"][-1]
-    row = {
-        **variant.settings(),
-        "status": "ok",
-        "error": "",
-        "epochs": cfg.epochs,
-        "repeats": cfg.repeats,
-        "train_samples": len(cfg.train_ids),
-        "val_samples": len(cfg.val_ids),
-        "loader_form": last["val_loader"].form,
-        "params": count_parameters(trainer.model),
-        "val_loss": float(np.mean([r["curves"][-1]["val_loss"] for r in runs])),
-        "accuracy": float(np.mean([r["curves"][-1]["accuracy"] for r in runs])),
-        "sec_per_epoch": float(np.mean([c["epoch_s"] for c in curves])),
-        "first_epoch_s": last["curves"][0]["epoch_s"],
+    curves = [c for r in runs for c in r.curves]
+    compiled = variant.compiled
+    return {
+        **variant.settings(), "status": "ok", "error": "", "epochs": cfg.epochs, "repeats": cfg.repeats,
+        "train_samples": len(cfg.train_ids), "val_samples": len(cfg.val_ids), "loader_form": last.val_loader.form,
+        "optimizer": last.trainer.optimizer_name, "params": count_parameters(last.trainer.model),
+        "val_loss": float(np.mean([r.curves[-1]["val_loss"] for r in runs])),
+        "accuracy": float(np.mean([r.curves[-1]["accuracy"] for r in runs])),
+        "sec_per_epoch": float(np.mean([c["epoch_s"] for c in curves])), "first_epoch_s": last.curves[0]["epoch_s"],
         "train_samples_per_s": train_sps,
         "train_samples_per_s_std": float(np.std(windows, ddof=1)) if len(windows) > 1 else math.nan,
+        "reference_samples_per_s": reference_sps, "harness_efficiency": train_sps / reference_sps,
         **{f"step_ms_{k}": v for k, v in percentiles(step_ms).items()},
         "data_wait_ms_mean": float(data_ms.mean()) if len(data_ms) else math.nan,
         "compute_ms_mean": float(compute_ms.mean()) if len(compute_ms) else math.nan,
         "data_wait_share": float(data_ms.sum() / step_ms.sum()) if len(step_ms) else math.nan,
-        "infer_samples_per_s": infer_own.get("samples_per_s", math.nan),
-        "infer_ms_p50": infer_own.get("ms_p50", math.nan),
-        "compile_s": compile_s,
-        "compiled_graphs": dynamo["graphs"] if variant.compile_mode != "none" else "",
-        "graph_breaks": dynamo["graph_breaks"] if variant.compile_mode != "none" else "",
-        "recompiles_timed": sum(r["timed_frames"] for r in runs) if variant.compile_mode != "none" else "",
-        "suspect": bool(variant.compile_mode != "none" and sum(r["timed_frames"] for r in runs) > 0),
-        "target_acc": cfg.target_acc,
-        "time_to_target_s": last["time_to_target"],
-        "final_train_loss": final["train_loss"],
-        **peak,
-        "flops_per_sample": flops,
+        "infer_samples_per_s": infer_own.get("samples_per_s", math.nan), "infer_ms_p50": infer_own.get("ms_p50", math.nan),
+        "compile_s": _compile_seconds(last, w, np.median(step_ms) if len(step_ms) else math.nan),
+        "compiled_graphs": dynamo["graphs"] if compiled else "", "graph_breaks": dynamo["graph_breaks"] if compiled else "",
+        "recompiles_timed": timed_frames if compiled else "", "suspect": bool(compiled and timed_frames > 0),
+        "target_acc": cfg.target_acc, "time_to_target_s": last.time_to_target,
+        "final_train_loss": last.curves[-1]["train_loss"], "flops_per_sample": flops,
         "mfu": mfu.mfu(flops, train_sps, gpu_name, _peak_precision(variant)) if gpu_name else None,
-        **_energy(cfg, ctx, last["t_start"], last["t_end"], len(last["data_ms"]) * variant.batch_size,
-                  last["time_to_target"]),
-        "samples_trained": samples_trained,
+        "samples_trained": sum(r.samples for r in runs),
     }
-    return VariantResult(row, curves, inference)
 
 
-def _compile_seconds(run: dict, warmup_steps: int, steady_step_ms: float) -> float:
+def _compile_seconds(run: TrainingRun, warmup_steps: int, steady_step_ms: float) -> float:
     """Extra time of the warm-up steps over steady steps, plus the first evaluation's extra time
     over the later ones (a compiled model compiles its eval-mode graph there)."""
-    warm = run["data_ms"][:warmup_steps] + run["compute_ms"][:warmup_steps]
+    warm = run.data_ms[:warmup_steps] + run.compute_ms[:warmup_steps]
     seconds = float(warm.sum() - len(warm) * steady_step_ms) / 1000
-    evals = [c["eval_s"] for c in run["curves"]]
+    evals = [c["eval_s"] for c in run.curves]
     if len(evals) > 1:
         seconds += evals[0] - float(np.median(evals[1:]))
     return max(seconds, 0.0)

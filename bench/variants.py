@@ -21,6 +21,7 @@ class Variant:
     batch_size: int = 32
     loader: str = "torch"
     channels: str = "seed"
+    epochs: int | None = None  # None: the run's --epochs; set for short pipeline probes (bench.options)
 
     def __post_init__(self):
         for field, value, allowed in (
@@ -33,18 +34,28 @@ class Variant:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}, got {value!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_mode != "none"
 
     @property
     def name(self) -> str:
         """e.g. add-maxpool-bf16-compile_default-cl-resident-b32; "aligned" follows the downsample
-        when set, so the seed-width names stay as they were."""
-        compiled = "eager" if self.compile_mode == "none" else f"compile_{self.compile_mode}"
+        when set, so the seed-width names stay as they were; -e3 ends a 3-epoch probe's name."""
+        compiled = f"compile_{self.compile_mode}" if self.compiled else "eager"
         aligned = [] if self.channels == "seed" else [self.channels]
-        return "-".join([self.arch, self.downsample, *aligned, self.precision, compiled,
-                         _FORMAT_TAG[self.memory_format], self.loader, f"b{self.batch_size}"])
+        parts = [self.arch, self.downsample, *aligned, self.precision, compiled, _FORMAT_TAG[self.memory_format],
+                 self.loader, f"b{self.batch_size}"]
+        return "-".join(parts + ([f"e{self.epochs}"] if self.epochs else []))
 
     def settings(self) -> dict:
-        return {"variant": self.name, **asdict(self)}
+        """The row's settings columns (epochs is a row column of its own, filled by the runner)."""
+        settings = asdict(self)
+        del settings["epochs"]
+        return {"variant": self.name, **settings}
 
 
 def build_matrix(archs, downsamples=("maxpool",), precisions=("fp32",), compile_modes=("none",),

@@ -22,7 +22,7 @@ def seed_table(ok: pd.DataFrame) -> str:
     """The seed study's columns, one row per variant; memory labelled with what it measured."""
     parts = []
     for kind, group in ok.groupby("peak_mem_kind", sort=False):
-        table = group[["variant", "val_loss", "accuracy", "params", "sec_per_epoch", "peak_mem_mb"]].rename(
+        table = group[["variant", "epochs", "val_loss", "accuracy", "params", "sec_per_epoch", "peak_mem_mb"]].rename(
             columns={"accuracy": "accuracy %", "sec_per_epoch": "sec/epoch", "peak_mem_mb": MEMORY_LABELS.get(kind, kind)})
         table = _fmt(table, {"val_loss": 6, "accuracy %": 2, "params": 0, "sec/epoch": 2, MEMORY_LABELS.get(kind, kind): 1})
         parts.append(table.to_markdown(index=False))
@@ -35,6 +35,8 @@ def speed_table(ok: pd.DataFrame) -> str:
         "loader": [loader if loader == form else f"{loader} ({form})" for loader, form in zip(ok["loader"], ok["loader_form"])],
         "train samples/s": ok["train_samples_per_s"],
         "± std": ok["train_samples_per_s_std"],
+        "plain loop samples/s": ok.get("reference_samples_per_s"),
+        "harness efficiency": ok.get("harness_efficiency"),
         "step ms p50": ok["step_ms_p50"],
         "p90": ok["step_ms_p90"],
         "p99": ok["step_ms_p99"],
@@ -45,7 +47,8 @@ def speed_table(ok: pd.DataFrame) -> str:
         "MFU %": 100 * pd.to_numeric(ok["mfu"], errors="coerce"),
     })
     digits = {c: 1 for c in table.columns if c not in ("variant", "loader")}
-    digits.update({"train samples/s": 0, "infer samples/s": 0, "step ms p50": 2, "p90": 2, "p99": 2, "MFU %": 2})
+    digits.update({"train samples/s": 0, "plain loop samples/s": 0, "harness efficiency": 2, "infer samples/s": 0,
+                   "step ms p50": 2, "p90": 2, "p99": 2, "MFU %": 2})
     return _fmt(table, digits).to_markdown(index=False)
 
 
@@ -57,15 +60,60 @@ def compiler_table(ok: pd.DataFrame) -> str:
     return _fmt(table, {"compile_s": 1}).to_markdown(index=False)
 
 
+ENERGY_WINDOWS = ("Windows: GPU util, power, energy J, above idle and samples/J cover the timed steady training "
+                  "steps only (warm-up and validation excluded); compile J is the warm-up steps, where a compiled "
+                  "model compiles (its eval graph compiles in the first validation); validation J is every "
+                  "evaluation; phase J is the whole training phase (all of them); J to target counts from the "
+                  "start of training, like the time to target.")
+
+
 def energy_table(ok: pd.DataFrame) -> str:
     if "energy_j" not in ok or ok["energy_j"].isna().all():
         notes = sorted({str(n) for n in ok.get("nvml_note", pd.Series(dtype=str)).dropna() if str(n)})
         return "NVML metrics: n/a (" + ("; ".join(notes) or "not sampled") + ")."
-    table = ok[["variant", "gpu_util_mean", "power_w_mean", "power_w_max", "energy_j", "energy_source",
-                "energy_above_idle_j", "samples_per_j", "j_to_target", "throttled_share", "nvml_mem_peak_mb"]]
-    return _fmt(table, {"gpu_util_mean": 0, "power_w_mean": 0, "power_w_max": 0, "energy_j": 0,
-                        "energy_above_idle_j": 0, "samples_per_j": 1, "j_to_target": 0, "throttled_share": 2,
-                        "nvml_mem_peak_mb": 0}).to_markdown(index=False)
+    columns = {"variant": "variant", "gpu_util_mean": "GPU util %", "power_w_mean": "power W", "power_w_max": "max W",
+               "energy_j": "energy J", "energy_above_idle_j": "above idle J", "samples_per_j": "samples/J",
+               "compile_energy_j": "compile J", "val_energy_j": "validation J", "phase_energy_j": "phase J",
+               "j_to_target": "J to target", "energy_source": "source", "throttled_share": "throttled",
+               "nvml_mem_peak_mb": "NVML mem MB"}
+    table = ok[[c for c in columns if c in ok]].rename(columns=columns)
+    digits = {name: 0 for name in table.columns if name not in ("variant", "source", "samples/J", "throttled")}
+    table = _fmt(table, {**digits, "samples/J": 1, "throttled": 2}).to_markdown(index=False)
+    windows = ENERGY_WINDOWS if "phase_energy_j" in ok else "Windows: every figure covers the whole training phase."
+    return windows + "\n\n" + table
+
+
+def seed_pipeline_table(ok: pd.DataFrame) -> str:
+    """Each variant's training samples/s over the seed's own pipeline (torch DataLoader, fp32,
+    eager, contiguous) of the same network and batch size, where the run measured it."""
+    seed = ok[(ok["loader"] == "torch") & (ok["precision"] == "fp32") & (ok["compile_mode"] == "none")
+              & (ok["memory_format"] == "contiguous")]
+    if seed.empty or len(seed) == len(ok):
+        return ""
+    key = ["arch", "downsample", "batch_size"]
+    base = seed[key + ["train_samples_per_s"]].drop_duplicates(key).rename(columns={"train_samples_per_s": "seed"})
+    rows = ok.merge(base, on=key)
+    table = pd.DataFrame({"variant": rows["variant"], "loader": rows["loader"],
+                          "train samples/s": rows["train_samples_per_s"],
+                          "speed-up over the seed's pipeline": rows["train_samples_per_s"] / rows["seed"],
+                          "data wait %": 100 * rows["data_wait_share"]})
+    return _fmt(table, {"train samples/s": 0, "speed-up over the seed's pipeline": 2, "data wait %": 1}).to_markdown(index=False)
+
+
+def nvml_overhead_line(env: dict) -> str:
+    """The sampler's overhead with its 95 % interval, saying so when it did not resolve."""
+    o = env["nvml_overhead"]
+    if "rounds" not in o:  # runs before the overhead had an interval
+        return (f"NVML sampler: idle power {env.get('idle_power_w', float('nan')):.0f} W; its overhead on training "
+                f"throughput, measured once without an interval: {o['overhead_pct']:.2f} %.")
+    line = (f"NVML sampler: idle power {env.get('idle_power_w', float('nan')):.0f} W; its overhead on training "
+            f"throughput: {o['overhead_pct']:.2f} % (95 % interval {o['ci95_low_pct']:.2f} to {o['ci95_high_pct']:.2f} %, "
+            f"{o['rounds']} alternating rounds, {o['samples_per_s_with']:,.0f} vs {o['samples_per_s_without']:,.0f} "
+            "samples/s).")
+    if not o["resolved"]:
+        line += (f" The interval is {o['ci95_width_pct']:.2f} points wide, wider than the {o['target_width_pct']:g} "
+                 "point target: the overhead is not resolved to that precision.")
+    return line
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -78,10 +126,7 @@ def write_report(run_dir: str | Path) -> Path:
                   f"torch {env.get('torch', '')}, CUDA {env.get('cuda') or 'n/a'}, DALI {env.get('dali') or 'not installed'}, "
                   f"Python {env.get('python', '')}.", ""]
         if "nvml_overhead" in env:
-            overhead = env["nvml_overhead"]
-            lines += [f"NVML sampler: idle power {env.get('idle_power_w', float('nan')):.0f} W; its overhead on training "
-                      f"throughput, measured once: {overhead['overhead_pct']:.2f} % "
-                      f"({overhead['samples_per_s_with']:,.0f} vs {overhead['samples_per_s_without']:,.0f} samples/s).", ""]
+            lines += [nvml_overhead_line(env), ""]
     if results.empty:
         lines.append("No variant has finished yet.")
     else:
@@ -93,7 +138,15 @@ def write_report(run_dir: str | Path) -> Path:
                       f"{int(first['val_samples'])} validation samples.", "",
                       "## Seed comparison", "", seed_table(ok), "",
                       "## Speed", "", "Throughput and step latency exclude warm-up and compilation; data wait is "
-                      "the share of each step spent waiting for the loader.", "", speed_table(ok), ""]
+                      "the share of each step spent waiting for the loader. Harness efficiency is the row's samples/s "
+                      "over a plain PyTorch loop's with the same model settings on one fixed batch on the device.",
+                      "", speed_table(ok), ""]
+            seed_pipeline = seed_pipeline_table(ok)
+            if seed_pipeline:
+                lines += ["## Speed-up over the seed's way of training", "",
+                          "Each row's training samples/s over the seed's pipeline (torch DataLoader, fp32, eager) of "
+                          "the same network; rows named -eN ran N epochs, enough for a steady rate.", "",
+                          seed_pipeline, ""]
             compiled = compiler_table(ok)
             if compiled:
                 lines += ["## Compiler", "", "A recompilation during the timed steps makes a row suspect.", "", compiled, ""]

@@ -20,16 +20,19 @@ import pandas as pd
 SETTINGS = ["variant", "arch", "downsample", "precision", "compile_mode", "memory_format", "batch_size", "loader", "channels"]
 FINGERPRINT = ["hardware", "device", "gpu_name", "driver", "cuda", "torch", "dali", "python", "cpu_model"]
 RESULT_COLUMNS = SETTINGS + [
-    "status", "error", "epochs", "repeats", "train_samples", "val_samples", "loader_form", "params", "params_stored",
+    "status", "error", "epochs", "repeats", "train_samples", "val_samples", "loader_form", "optimizer", "params",
+    "params_stored",
     "val_loss", "accuracy", "sec_per_epoch", "first_epoch_s",
-    "train_samples_per_s", "train_samples_per_s_std", "step_ms_p50", "step_ms_p90", "step_ms_p99",
+    "train_samples_per_s", "train_samples_per_s_std",
+    "reference_samples_per_s", "harness_efficiency", "step_ms_p50", "step_ms_p90", "step_ms_p99",
     "data_wait_ms_mean", "compute_ms_mean", "data_wait_share", "infer_samples_per_s", "infer_ms_p50",
     "compile_s", "compiled_graphs", "graph_breaks", "recompiles_timed", "suspect",
     "target_acc", "time_to_target_s", "final_train_loss",
     "peak_mem_kind", "peak_mem_mb", "peak_reserved_mb", "flops_per_sample", "mfu",
     "nvml_note", "nvml_samples", "gpu_util_mean", "gpu_util_max", "mem_util_mean", "power_w_mean", "power_w_max",
     "sm_clock_mhz_mean", "temp_c_max", "nvml_mem_peak_mb", "energy_j", "energy_source",
-    "energy_above_idle_j", "samples_per_j", "j_to_target", "throttled_share", "throttled",
+    "energy_above_idle_j", "samples_per_j", "compile_energy_j", "val_energy_j", "phase_energy_j", "j_to_target",
+    "throttled_share", "throttled",
     "samples_trained",
 ] + FINGERPRINT
 CURVE_COLUMNS = ["variant", "repeat", "epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_s", "eval_s",

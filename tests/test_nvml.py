@@ -160,3 +160,31 @@ def test_real_sampler_records_rows(tmp_path):
     sampler.to_csv(tmp_path / "nvml.csv")
     written = pd.read_csv(tmp_path / "nvml.csv")
     assert "work" in set(written["marker"].fillna(""))
+
+
+def test_windows_sum_their_energy_and_leave_the_gaps_out():
+    """Two timed-step windows with a validation burst between them: the burst's samples and
+    energy are not charged to the steady steps."""
+    power = [100.0, 100.0, 100.0, 400.0, 400.0, 100.0, 100.0, 100.0]
+    timeline = make_timeline(8, power_w=power, gpu_util=[50.0, 50.0, 50.0, 99.0, 99.0, 50.0, 50.0, 50.0])
+    result = nvml.summarize_windows(timeline, [(0.0, 2.0), (5.0, 7.0)], idle_power_w=10.0, samples=400)
+    assert result["energy_j"] == pytest.approx(400.0)  # 2 s at 100 W, twice
+    assert result["samples_per_j"] == pytest.approx(1.0)
+    assert result["energy_above_idle_j"] == pytest.approx(400.0 - 10.0 * 4.0)
+    assert result["gpu_util_mean"] == 50.0 and result["power_w_max"] == 100.0 and result["nvml_samples"] == 6
+
+
+def test_a_window_shorter_than_the_sampling_period_is_interpolated():
+    timeline = make_timeline(4, energy_mj=[0.0, 1000.0, 3000.0, 6000.0])  # 1, 2, 3 W in the three seconds
+    joules, source = nvml.window_energy(timeline, [(1.25, 1.75)])
+    assert joules == pytest.approx(1.0) and source == "counter"  # half a second at 2 W
+    assert nvml.window_energy(timeline, [(0.5, 1.5), (2.0, 2.5)])[0] == pytest.approx(0.5 + 1.0 + 1.5)
+    assert math.isnan(nvml.window_energy(timeline, [(2.5, 3.5)])[0])  # past the last sample: not measured
+    assert math.isnan(nvml.window_energy(timeline, [])[0])
+
+
+def test_whole_phase_compile_and_validation_windows_add_up():
+    timeline = make_timeline(11, power_w=[100.0] * 11)
+    phase = nvml.window_energy(timeline, [(0.0, 10.0)])[0]
+    parts = nvml.window_energy(timeline, [(0.0, 2.0), (2.0, 6.0), (6.0, 10.0)])[0]
+    assert phase == pytest.approx(1000.0) and parts == pytest.approx(phase)

@@ -1,6 +1,7 @@
 """The measurement path on CPU: fp32, bf16 autocast, torch.compile, failures, resume and Ctrl-C."""
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -23,7 +24,8 @@ def split(tiny_data):
 
 def config(tiny_data, split, **overrides) -> RunConfig:
     settings = dict(data_root=str(tiny_data), train_ids=split["train"][:16], val_ids=split["val"][:16],
-                    device=torch.device("cpu"), epochs=1, warmup_steps=1, infer_iters=2, workers=0, progress=False)
+                    device=torch.device("cpu"), epochs=1, warmup_steps=1, infer_iters=2, workers=0, progress=False,
+                    reference_steps=2)
     settings.update(overrides)
     return RunConfig(**settings)
 
@@ -40,6 +42,8 @@ def test_fp32_row_has_every_measurement(tiny_data, split):
     assert row["flops_per_sample"] > 1e8
     assert row["mfu"] is None and "no CUDA" in row["nvml_note"]  # CPU: n/a with the reason, never 0
     assert row["samples_trained"] == 2 * 2 * 8
+    assert row["optimizer"] == "adam-forloop" and row["reference_samples_per_s"] > 0
+    assert row["harness_efficiency"] == pytest.approx(row["train_samples_per_s"] / row["reference_samples_per_s"])
     assert [c["epoch"] for c in result.curves] == [0, 1]
     assert set(result.curves[0]) == set(CURVE_COLUMNS)
     assert result.curves[1]["lr"] < result.curves[0]["lr"]  # cosine schedule over the epochs
@@ -134,3 +138,23 @@ def test_short_training_lowers_loss_and_beats_chance(tiny_data, split):
     curves = result.curves
     assert curves[-1]["train_loss"] < curves[0]["train_loss"]
     assert result.row["accuracy"] > 60.0, curves  # chance is 50 %; 60 % on 384 samples is p < 1e-4
+
+
+def test_report_shows_speed_up_over_the_seed_pipeline_and_energy_windows(tiny_data, split, tmp_path, monkeypatch):
+    rates = {"torch": 2000.0, "resident": 9000.0}
+
+    def faked(variant, cfg, ctx=None):
+        result = fake_result(variant)
+        result.row.update(train_samples_per_s=rates[variant.loader], harness_efficiency=0.9, energy_j=10.0,
+                          samples_per_j=5.0, compile_energy_j=3.0, val_energy_j=1.0, phase_energy_j=15.0)
+        return result
+
+    monkeypatch.setattr(run_module, "measure", faked)
+    variants = [Variant("add", loader="torch", epochs=3), Variant("add", precision="bf16", loader="resident")]
+    run_matrix(variants, config(tiny_data, split), tmp_path, {})
+    report = (tmp_path / "report.md").read_text()
+    assert "## Speed-up over the seed's way of training" in report
+    speed_up = [line for line in report.split("## Speed-up")[1].splitlines() if "resident-b32" in line][0]
+    assert re.search(r"\| resident +\| +9,000 \| +4\.50? \|", speed_up), speed_up  # 9,000 / 2,000
+    assert "harness efficiency" in report and re.search(r"\| +0\.90? \|", report)
+    assert "cover the timed steady training steps only" in report and "compile J" in report

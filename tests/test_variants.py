@@ -58,3 +58,38 @@ def test_aligned_channels_are_named_only_when_set():
     assert matrix[1].settings()["channels"] == "aligned"
     assert filter_variants(matrix, ["aligned"]) == [matrix[1]]
 
+
+def test_compiled_property_and_probe_epochs_in_the_name():
+    assert Variant("add", compile_mode="reduce-overhead").compiled and not Variant("add").compiled
+    probe = Variant("add", loader="torch", epochs=3)
+    assert probe.name == "add-maxpool-fp32-eager-contig-torch-b32-e3"
+    assert "epochs" not in probe.settings()  # the row's epochs column is the run's, filled by the runner
+    with pytest.raises(ValueError, match="epochs"):
+        Variant("add", epochs=0)
+
+
+@pytest.mark.parametrize("dali", [False, True])
+def test_default_gpu_matrix_feeds_amp_and_compile_from_the_resident_loader(monkeypatch, capsys, dali):
+    """`bench list --amp --compile` on a CUDA machine (patched): the seed's job at batch 32 on the
+    resident loader, each network led by its seed pipeline probe and, with DALI, DALI-fed rows."""
+    import bench.options
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr(bench.options, "dali_available", lambda: dali)
+    assert main(["list", "--amp", "--compile", "--arch", "add,mul"]) == 0
+    names = capsys.readouterr().out.split()
+    add = [n for n in names if n.startswith("add-")]
+    assert add[0] == "add-maxpool-fp32-eager-contig-torch-b32-e3"  # the seed's pipeline: DataLoader, fp32, eager
+    assert add[1:5] == ["add-maxpool-fp32-eager-contig-resident-b32", "add-maxpool-bf16-eager-contig-resident-b32",
+                        "add-maxpool-fp32-compile_default-contig-resident-b32",
+                        "add-maxpool-bf16-compile_default-contig-resident-b32"]
+    dali_rows = ["add-maxpool-fp32-eager-contig-dali-b32-e3", "add-maxpool-bf16-compile_default-contig-dali-b32-e3"]
+    assert add[5:] == (dali_rows if dali else [])
+    assert len(names) == 2 * len(add)
+
+
+def test_an_explicit_loader_or_profile_turns_the_pipeline_rows_off(monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    main(["list", "--arch", "add", "--loader", "resident"])
+    main(["list", "--arch", "add", "--profile", "seed"])
+    assert capsys.readouterr().out.split() == ["add-maxpool-fp32-eager-contig-resident-b32",
+                                               "add-maxpool-fp32-eager-contig-torch-b32"]

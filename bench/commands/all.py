@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bench.options import PROFILES, add_data_args, add_matrix_args, csv_list, matrix, positive, resolve_device
+from bench.options import PROFILES, add_data_args, add_matrix_args, csv_list, default_profile, matrix, positive, resolve_device
 
 
 def add_parser(sub) -> None:
@@ -40,6 +40,7 @@ def run(args) -> int:
     from bench.rundir import code_version, open_run_dir, sigterm_as_interrupt, split_fingerprint
     from loaders.check import check_dataset
     from loaders.split import stratified_subset
+    from reports.markdown import write_report
     from reports.results import FINGERPRINT
 
     if args.resume and not (Path(args.resume) / "results.csv").exists():
@@ -50,7 +51,7 @@ def run(args) -> int:
     if args.amp and amp_dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         print(f"{torch.cuda.get_device_name(device)} has no bf16: --amp uses fp16 (with GradScaler)")
         amp_dtype = "fp16"
-    profile_name = args.profile or ("seed" if device.type == "cuda" else "quick")
+    profile_name = args.profile or default_profile(device.type)
     profile = PROFILES[profile_name]
     variants = matrix(args, profile_name, amp_dtype)
     run_dir = run_dir_path(args.resume or args.out)
@@ -62,7 +63,8 @@ def run(args) -> int:
         val_ids=stratified_subset(split["val"], profile["val_limit"]),
         device=device, epochs=args.epochs or profile["epochs"], seed=args.seed, warmup_steps=args.warmup_steps,
         target_acc=args.target_acc, repeats=args.repeats, infer_batch_sizes=tuple(args.infer_batch_sizes),
-        infer_iters=profile["infer_iters"], workers=args.workers, progress=not args.no_progress)
+        infer_iters=profile["infer_iters"], workers=args.workers, progress=not args.no_progress,
+        reference_steps=profile["reference_steps"])
     try:
         check = check_dataset(root, cfg.train_ids + cfg.val_ids, progress=cfg.progress)
     except KeyboardInterrupt:
@@ -77,12 +79,13 @@ def run(args) -> int:
     env["hardware"] = hardware_key(env)
     _start_nvml(cfg, ctx, args.nvml_period, variants[0], env)
     run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841 (held until run() returns)
-    fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
-    print(f"{len(variants)} variants, profile {profile_name}, {len(cfg.train_ids)} train / {len(cfg.val_ids)} val "
-          f"samples, {cfg.epochs} epochs on {device}; writing {run_dir}")
     try:
+        fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
+        print(f"{len(variants)} variants, profile {profile_name}, {len(cfg.train_ids)} train / {len(cfg.val_ids)} val "
+              f"samples, {cfg.epochs} epochs on {device}; writing {run_dir}")
         failures = run_matrix(variants, cfg, run_dir, fingerprint, resume=bool(args.resume), ctx=ctx)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the folder holds a valid report and can be resumed
+        write_report(run_dir)
         print(f"\ninterrupted: the variants that finished are in {run_dir}; continue with --resume {run_dir}")
         return 130
     finally:
@@ -95,7 +98,7 @@ def run(args) -> int:
 def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict) -> None:
     """Starts the sampler when NVML can watch this device; else records why its columns are empty."""
     from bench.instruments.nvml import NvmlSampler, nvml_unavailable_reason
-    from bench.matrix import sampler_overhead
+    from bench.nvml_overhead import sampler_overhead
     reason = nvml_unavailable_reason(cfg.device)
     if reason:
         ctx.nvml_reason = reason

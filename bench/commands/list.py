@@ -2,7 +2,7 @@
 
 import torch
 
-from bench.options import add_matrix_args, matrix
+from bench.options import add_matrix_args, default_profile, matrix
 
 
 def add_parser(sub) -> None:
@@ -10,5 +10,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
-    for variant in matrix(args, args.profile or ("seed" if torch.cuda.is_available() else "quick")):
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    for variant in matrix(args, args.profile or default_profile(device_type)):
         print(variant.name)

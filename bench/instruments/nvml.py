@@ -250,23 +250,70 @@ def _throttled_share(window: pd.DataFrame) -> float:
     return float(((reasons & THROTTLE_MASK) != 0).mean())
 
 
+def _cumulative_joules(timeline: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(times, joules since the first sample, source) over a whole timeline: the energy counter
+    where it reads, else the running trapezoidal integral of power; None when neither does."""
+    counter = timeline[np.isfinite(timeline["energy_mj"])]
+    if len(counter) >= 2:
+        mj = counter["energy_mj"].to_numpy(float)
+        return counter["time"].to_numpy(float), (mj - mj[0]) / 1000, "counter"
+    power = timeline[np.isfinite(timeline["power_w"])]
+    if len(power) >= 2:
+        t, p = power["time"].to_numpy(float), power["power_w"].to_numpy(float)
+        return t, np.concatenate([[0.0], np.cumsum((p[1:] + p[:-1]) / 2 * np.diff(t))]), "integrated_power"
+    return None
+
+
+def _window_joules(timeline: pd.DataFrame, t0: float, t1: float) -> tuple[float, str]:
+    """Energy of one window: measured between its first and last sample and scaled to its
+    length; a window too short to hold two samples is read off the whole timeline's cumulative
+    energy, interpolated at t0 and t1. NaN where the timeline does not cover the window."""
+    inside = timeline[(timeline["time"] >= t0) & (timeline["time"] <= t1)]
+    measured_j, span, source = _energy(inside)
+    if span > 0:
+        return measured_j * (t1 - t0) / span, source
+    cumulative = _cumulative_joules(timeline)
+    if cumulative is None or t0 < cumulative[0][0] or t1 > cumulative[0][-1]:
+        return math.nan, ""
+    times, joules, source = cumulative
+    return float(np.interp(t1, times, joules) - np.interp(t0, times, joules)), source
+
+
+def window_energy(timeline: pd.DataFrame, windows: list[tuple[float, float]]) -> tuple[float, str]:
+    """Energy in J summed over windows (perf_counter seconds) and its source; NaN when any window
+    cannot be measured or there are none."""
+    timeline = timeline[COLUMNS].astype(float)
+    parts = [_window_joules(timeline, t0, t1) for t0, t1 in windows]
+    if not parts or any(math.isnan(j) for j, _ in parts):
+        return math.nan, ""
+    return float(sum(j for j, _ in parts)), "+".join(sorted({s for _, s in parts}))
+
+
 def summarize(
     timeline: pd.DataFrame, t0: float, t1: float, idle_power_w: float | None, samples: int
 ) -> dict:
     """NVML metrics for the samples in [t0, t1] (perf_counter seconds) of a timeline with
-    COLUMNS, as NvmlSampler.timeline() returns; `samples` is the work done in the window.
+    COLUMNS, as NvmlSampler.timeline() returns; `samples` is the work done in the window."""
+    return summarize_windows(timeline, [(t0, t1)], idle_power_w, samples)
 
-    energy_j covers the whole window: the energy measured between the first and last sample
-    is scaled by (t1 - t0) / their span, so the part of the window before the first and after
-    the last sample is not lost. Unmeasurable values are NaN, never 0.
+
+def summarize_windows(
+    timeline: pd.DataFrame, windows: list[tuple[float, float]], idle_power_w: float | None, samples: int
+) -> dict:
+    """NVML metrics over several windows taken together (the timed steps of each epoch, without
+    the evaluations between them); `samples` is the work done in all of them.
+
+    energy_j covers each whole window: the energy measured between a window's first and last
+    sample is scaled by its length over their span, so the part of the window before the first
+    and after the last sample is not lost. Unmeasurable values are NaN, never 0.
     """
-    in_window = (timeline["time"] >= t0) & (timeline["time"] <= t1)
-    window = timeline.loc[in_window, COLUMNS].astype(float)
-    measured_j, span, source = _energy(window)
-    duration = t1 - t0
-    energy_j = measured_j * duration / span if span > 0 else math.nan
-    if math.isnan(energy_j):
-        source = ""
+    times = timeline["time"]
+    in_windows = np.zeros(len(timeline), dtype=bool)
+    for t0, t1 in windows:
+        in_windows |= ((times >= t0) & (times <= t1)).to_numpy()
+    window = timeline.loc[in_windows, COLUMNS].astype(float)
+    energy_j, source = window_energy(timeline, windows)
+    duration = sum(t1 - t0 for t0, t1 in windows)
     above_idle = math.nan
     if idle_power_w is not None and math.isfinite(idle_power_w):
         above_idle = energy_j - idle_power_w * duration

@@ -1,6 +1,7 @@
 """Device-correct clocks: CUDA events on a GPU (no synchronise inside a step), perf_counter on CPU."""
 
 import time
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -45,6 +46,25 @@ class StepTimes:
         compute = [self.clock.elapsed_ms(d, e) for _, d, e in self.marks]
         self.marks.clear()
         return np.asarray(data, dtype=float), np.asarray(compute, dtype=float)
+
+
+def time_calls(fn, iters: int, device: torch.device, warmup: int = 0) -> np.ndarray:
+    """Milliseconds of each of `iters` calls of fn after `warmup` untimed ones, on the device's
+    clock: the one timing loop behind inference timing, the reference loop and the NVML overhead."""
+    for _ in range(warmup):
+        fn()
+    clock = Clock(device)
+    marks = [clock.mark()]
+    for _ in range(iters):
+        fn()
+        marks.append(clock.mark())
+    clock.sync()
+    return np.array([clock.elapsed_ms(a, b) for a, b in pairwise(marks)], dtype=float)
+
+
+def rate(ms: np.ndarray, items_per_call: int) -> float:
+    """Items per second over timed calls (NaN when nothing was timed)."""
+    return items_per_call * len(ms) / (ms.sum() / 1000) if len(ms) and ms.sum() > 0 else float("nan")
 
 
 def percentiles(ms: np.ndarray) -> dict:

@@ -1,0 +1,88 @@
+"""Trainer: the model, optimiser and settings of one variant; step() is the unit that gets timed."""
+
+from contextlib import nullcontext
+
+import torch
+
+from bench.config import RunConfig
+from bench.variants import Variant
+from models import build_model
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def memory_format(variant: Variant) -> torch.memory_format:
+    return torch.channels_last if variant.memory_format == "channels_last" else torch.contiguous_format
+
+
+def autocast(variant: Variant, device: torch.device):
+    """The variant's autocast context (none for fp32)."""
+    if variant.precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[variant.precision])
+
+
+def adam(params, lr: float, device: torch.device) -> tuple[torch.optim.Adam, str]:
+    """Adam as a user would tune it: the fused kernel on CUDA (one launch for all parameters),
+    PyTorch's default elsewhere; returns the optimiser and the implementation's name for the row."""
+    if device.type == "cuda":
+        return torch.optim.Adam(params, lr=lr, fused=True), "adam-fused"
+    return torch.optim.Adam(params, lr=lr, foreach=False), "adam-forloop"
+
+
+class Trainer:
+    """Model, optimiser and the settings of one variant; step() is the unit that gets timed."""
+
+    def __init__(self, variant: Variant, cfg: RunConfig):
+        self.variant, self.device = variant, cfg.device
+        torch.manual_seed(cfg.seed)
+        self.memory_format = memory_format(variant)
+        self.model = build_model(variant.arch, variant.downsample).to(self.device, memory_format=self.memory_format)
+        self.forward = torch.compile(self.model, mode=variant.compile_mode) if variant.compiled else self.model
+        self.cudagraphs = variant.compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
+        self.optimizer, self.optimizer_name = adam(self.model.parameters(), cfg.lr, self.device)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        # GradScaler only where fp16 needs it: a disabled scaler still costs calls every step
+        self.scaler = torch.amp.GradScaler(self.device.type) if variant.precision == "fp16" else None
+        self.criterion = torch.nn.CrossEntropyLoss()
+
+    def autocast(self):
+        return autocast(self.variant, self.device)
+
+    def inputs(self, rgb, lidar):
+        return (rgb.contiguous(memory_format=self.memory_format), lidar.contiguous(memory_format=self.memory_format))
+
+    def logits(self, rgb, lidar):
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.autocast():
+            return self.forward(*self.inputs(rgb, lidar))
+
+    def step(self, rgb, lidar, label) -> torch.Tensor:
+        """One optimiser step; returns the loss on the device (detached, no copy: it is computed
+        outside the compiled model, so a CUDA-graph replay cannot overwrite it)."""
+        loss = self.criterion(self.logits(rgb, lidar).float(), label)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> tuple[float, float]:
+        """(val_loss as the mean of batch losses, accuracy %), as the seed computed them."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        batches = total = 0
+        for rgb, lidar, label in loader:
+            logits = self.logits(rgb, lidar).float()
+            loss_sum += self.criterion(logits, label)
+            correct += (logits.argmax(dim=1) == label).sum()
+            batches, total = batches + 1, total + len(label)
+        self.model.train()
+        return loss_sum.item() / batches, 100.0 * correct.item() / total

@@ -1,0 +1,95 @@
+"""Harness efficiency: the plain reference loop, the Trainer choices it exposed (fused Adam on
+CUDA, no GradScaler without fp16), and the energy windows of one measured variant."""
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench import runner
+from bench.config import RunConfig, RunContext
+from bench.instruments.nvml import COLUMNS
+from bench.reference_loop import reference_samples_per_s
+from bench.trainer import Trainer, adam
+from bench.variants import Variant
+from loaders.dataset import discover_ids
+from loaders.split import make_split
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_data):
+    split = make_split(discover_ids(tiny_data), seed=42)
+    return RunConfig(data_root=str(tiny_data), train_ids=split["train"][:16], val_ids=split["val"][:8],
+                     device=torch.device("cpu"), epochs=2, warmup_steps=1, infer_iters=0, workers=0, progress=False,
+                     reference_steps=2)
+
+
+def test_reference_loop_trains_the_variant_model():
+    sps = reference_samples_per_s(Variant("add", memory_format="channels_last", batch_size=4), torch.device("cpu"),
+                                  steps=2, warmup=1)
+    assert sps > 0
+
+
+def test_adam_is_fused_on_cuda_and_named_in_the_row():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer, name = adam(params, 1e-3, torch.device("cuda"))
+    assert name == "adam-fused" and optimizer.defaults["fused"] is True
+    optimizer, name = adam(params, 1e-3, torch.device("cpu"))
+    assert name == "adam-forloop" and not optimizer.defaults["fused"]
+
+
+@pytest.mark.parametrize("precision,scaled", [("fp32", False), ("bf16", False), ("fp16", True)])
+def test_grad_scaler_only_for_fp16(cfg, precision, scaled):
+    trainer = Trainer(Variant("add", precision=precision, batch_size=2), cfg)
+    assert (trainer.scaler is not None) == scaled
+
+
+def test_step_returns_the_loss_detached_on_the_device(cfg):
+    trainer = Trainer(Variant("add", batch_size=2), cfg)
+    before = next(trainer.model.parameters()).detach().clone()
+    loss = trainer.step(torch.rand(2, 4, 64, 64), torch.rand(2, 4, 64, 64), torch.tensor([0, 1]))
+    assert loss.grad_fn is None and loss.device == cfg.device and torch.isfinite(loss)
+    assert not torch.equal(before, next(trainer.model.parameters()))
+
+
+def test_reference_is_measured_once_per_model_setting(cfg, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "reference_samples_per_s", lambda v, *a, **k: calls.append(v.name) or 1000.0)
+    ctx, variant = RunContext(), Variant("add", batch_size=8, loader="resident")
+    rows = [runner.measure(v, replace(cfg, epochs=1), ctx).row for v in (variant, replace(variant, loader="torch", epochs=1))]
+    assert len(calls) == 1
+    assert [r["harness_efficiency"] for r in rows] == pytest.approx([r["train_samples_per_s"] / 1000.0 for r in rows])
+
+
+class ConstantPowerSampler:
+    """Stands in for NvmlSampler: 100 W and a steady energy counter, one sample per millisecond
+    from its creation to the moment the timeline is read."""
+    period_s = 0.001
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def mark(self, label):
+        pass
+
+    def timeline(self):
+        t = np.arange(self.t0, time.perf_counter(), 0.001)
+        data = {name: np.zeros(len(t)) for name in COLUMNS}
+        data.update(time=t, power_w=np.full(len(t), 100.0), energy_mj=(t - self.t0) * 100_000.0)
+        return pd.DataFrame(data)
+
+
+def test_energy_windows_of_a_measured_variant(cfg):
+    """Steady energy covers the timed steps only; compile, validation and the whole phase are
+    separate, and the parts fit inside the phase."""
+    ctx = RunContext(sampler=ConstantPowerSampler(), idle_power_w=40.0)
+    row = runner.measure(Variant("add", batch_size=8, loader="resident"), cfg, ctx).row
+    steady_samples = (2 * 2 - cfg.warmup_steps) * 8
+    assert row["samples_per_j"] == pytest.approx(steady_samples / row["energy_j"])
+    parts = row["energy_j"] + row["compile_energy_j"] + row["val_energy_j"]
+    assert 0 < row["energy_j"] < parts <= row["phase_energy_j"] * (1 + 1e-9)
+    assert row["energy_above_idle_j"] == pytest.approx(row["energy_j"] * (1 - 40.0 / 100.0))
+    assert row["energy_source"] == "counter" and np.isnan(row["time_to_target_s"]) == ("j_to_target" not in row)
