@@ -70,7 +70,7 @@ def test_compiled_variant_on_cpu(tiny_data, split):
     assert row["status"] == "ok"
     assert row["compiled_graphs"] >= 1 and row["graph_breaks"] == 0
     assert row["recompiles_timed"] == 0 and row["suspect"] is False
-    assert row["compile_s"] > 1  # the first step carried the compilation
+    assert row["compile_s"] > 0  # the warm-up carried tracing and compilation (less with a warm Inductor cache)
 
 
 def test_failure_is_recorded_and_the_run_goes_on(tiny_data, split, tmp_path, monkeypatch):
