@@ -93,6 +93,29 @@ def test_failure_is_recorded_and_the_run_goes_on(tiny_data, split, tmp_path, mon
     assert "## Failed variants" in report and "mul-maxpool" in report
 
 
+def test_a_data_error_stops_the_run_at_the_first_variant(tiny_data, split, tmp_path, monkeypatch):
+    """Broken data fails every variant alike: it is recorded once and the run stops, report written."""
+    from loaders.dataset import DatasetError
+    calls = []
+
+    def broken(variant, cfg, ctx=None):
+        calls.append(variant.name)
+        raise DatasetError("cannot decode PNG cubes/rgb/0001.png")
+
+    monkeypatch.setattr(run_module, "measure", broken)
+    with pytest.raises(DatasetError, match="0001.png"):
+        run_matrix([Variant("add"), Variant("mul")], config(tiny_data, split), tmp_path, {})
+    assert calls == [Variant("add").name]
+    assert list(pd.read_csv(tmp_path / "results.csv")["status"]) == ["failed"]
+    assert "0001.png" in (tmp_path / "report.md").read_text()
+
+
+def test_summary_line_says_na_for_a_run_too_short_to_time():
+    row = {"accuracy": 50.0, "val_loss": 0.7, "train_samples_per_s": math.nan, "sec_per_epoch": 1.0}
+    line = run_module.summary_line(Variant("add"), row)
+    assert "nan" not in line and "n/a" in line
+
+
 def test_resume_skips_finished_variants(tiny_data, split, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(run_module, "measure", lambda v, cfg, ctx=None: calls.append(v.name) or fake_result(v))
