@@ -18,7 +18,7 @@ import torch
 
 from bench.config import RunConfig
 from bench.instruments.env import collect_env, hardware_key
-from bench.instruments.nvml import NvmlSampler, _pci_bus_id, nvml_unavailable_reason, summarize
+from bench.instruments.nvml import NvmlSampler, nvml_unavailable_reason, pci_bus_id, summarize
 from bench.instruments.timing import Clock
 from bench.runner import measure
 from bench.variants import COMPILE_MODES, Variant
@@ -87,7 +87,7 @@ def environment(device: torch.device) -> dict:
     env["hardware"] = hardware_key(env)
     on_gpu = device.type == "cuda"
     nvml = nvml_unavailable_reason(device)
-    env["nvml"] = f"reachable, GPU matched at PCI bus id {_pci_bus_id(device)}" if nvml is None else f"n/a: {nvml}"
+    env["nvml"] = f"reachable, GPU matched at PCI bus id {pci_bus_id(device)}" if nvml is None else f"n/a: {nvml}"
     if on_gpu:
         major, minor = torch.cuda.get_device_capability(device)
         env["compute_capability"] = f"{major}.{minor}"

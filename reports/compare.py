@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.results import CURVES, ENV, INFERENCE, RESULTS, SCHEMA_VERSION, read_env, read_table
+from reports.results import CURVES, ENV, INFERENCE, READABLE_VERSIONS, RESULTS, read_env, read_table
 from reports.stats import INCONCLUSIVE, compare_samples
 
 # column -> (label, higher is better)
@@ -62,8 +62,9 @@ def load_run(path: str | Path) -> Run:
         raise CompareError(f"{path}: not a run directory (expected {RESULTS} and {ENV})")
     env = read_env(path)
     version = env.get("schema_version", 1)
-    if version != SCHEMA_VERSION:
-        raise CompareError(f"{path / ENV}: schema_version {version}, this fusionbench reads {SCHEMA_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise CompareError(f"{path / ENV}: schema_version {version}, this fusionbench reads "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}")
     results = read_table(path / RESULTS)
     if "variant" not in results or "status" not in results:
         raise CompareError(f"{path / RESULTS}: expected the columns variant and status")

@@ -43,8 +43,11 @@ LOADER_COLUMNS = ["loader", "form", "batch_size", "workers", "device", "epochs",
                   "ratio_to_torch", "status", "error"]
 
 # The run directory's format; env.json carries it as "schema_version" (no key = version 1, the
-# format before it was recorded). Bump it when a column changes meaning or goes away.
-SCHEMA_VERSION = 1
+# format before it was recorded). Bump it when a column changes meaning or goes away, and list in
+# READABLE_VERSIONS the older ones readers still understand. Version 2: energy columns cover the
+# steady steps only (the whole phase is phase_energy_j) and env.json records the run's settings.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 RESULTS, CURVES, INFERENCE, LOADERS, ENV = "results.csv", "curves.csv", "inference.csv", "loaders.csv", "env.json"
 

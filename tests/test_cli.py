@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.results import CURVE_COLUMNS, RESULT_COLUMNS
+from reports.results import CURVE_COLUMNS, RESULT_COLUMNS, SCHEMA_VERSION
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +38,7 @@ def test_all_writes_the_run_directory(tiny_data, tmp_path):
     assert "| variant" in report and "val_loss" in report and "peak mem MB (process peak RSS)" in report
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] and env["hardware"] and env["profile"] == "quick"
+    assert env["schema_version"] == SCHEMA_VERSION  # bench compare reads it
     assert (tiny_data / "split.json").exists()  # made on first use
 
     rebuilt = bench("report", out)

@@ -50,3 +50,24 @@ def test_key_with_weird_characters_is_filesystem_safe_and_short():
 
 def test_unknown_cpu_still_gives_a_key():
     assert hardware_key({"gpu_name": "", "cpu_model": "", "cpu_cores": ""}) == "cpu-unknown"
+
+
+def test_gpu_limits_read_power_limit_and_max_clock_from_nvml(monkeypatch):
+    """CPU test of the NVML path: power limit in W (NVML gives mW) and the maximum SM clock."""
+    from bench.instruments import env, nvml
+    monkeypatch.setattr(nvml, "handle_for", lambda device: "handle")
+    monkeypatch.setattr(env.pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(env.pynvml, "nvmlShutdown", lambda: None)
+    monkeypatch.setattr(env.pynvml, "nvmlDeviceGetEnforcedPowerLimit", lambda handle: 700_000)
+    monkeypatch.setattr(env.pynvml, "nvmlDeviceGetMaxClockInfo", lambda handle, clock: 1980)
+    assert env.gpu_limits(torch.device("cuda", 0)) == {"power_limit_w": 700.0, "sm_clock_max_mhz": 1980}
+
+
+def test_gpu_limits_are_empty_without_nvml(monkeypatch):
+    from bench.instruments import env
+
+    def no_driver():
+        raise env.pynvml.NVMLError(env.pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+
+    monkeypatch.setattr(env.pynvml, "nvmlInit", no_driver)
+    assert env.gpu_limits(torch.device("cuda", 0)) == {}

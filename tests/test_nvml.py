@@ -117,7 +117,7 @@ def test_failing_fields_read_as_nan(monkeypatch):
 def test_sampler_thread_with_faked_nvml(monkeypatch, tmp_path):
     """Start/stop/restart, marks, idle power and nvml.csv, with NVML calls faked on a CPU."""
     monkeypatch.setattr(nvml, "nvml_unavailable_reason", lambda device: None)
-    monkeypatch.setattr(nvml, "_handle_for", lambda device: "handle")
+    monkeypatch.setattr(nvml, "handle_for", lambda device: "handle")
     monkeypatch.setattr(nvml.pynvml, "nvmlInit", lambda: None)
     monkeypatch.setattr(nvml.pynvml, "nvmlShutdown", lambda: None)
     monkeypatch.setattr(nvml.pynvml, "nvmlDeviceGetPowerUsage", lambda handle: 80_000)

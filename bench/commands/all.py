@@ -41,7 +41,7 @@ def run(args) -> int:
     from loaders.check import check_dataset
     from loaders.split import stratified_subset
     from reports.markdown import write_report
-    from reports.results import FINGERPRINT
+    from reports.results import FINGERPRINT, SCHEMA_VERSION
 
     if args.resume and not (Path(args.resume) / "results.csv").exists():
         raise SystemExit(f"error: --resume {args.resume}: no results.csv there (is it a run directory?)")
@@ -74,8 +74,8 @@ def run(args) -> int:
     settings = {"epochs": cfg.epochs, "profile": profile_name, "seed": args.seed, "data": check.fingerprint,
                 "split": split_fingerprint(split), "code": code_version()}
     ctx = RunContext()
-    env = {**collect_env(device), "profile": profile_name, "data": str(root), "split": str(split_path),
-           "command": " ".join(sys.argv)}
+    env = {"schema_version": SCHEMA_VERSION, **collect_env(device), "profile": profile_name, "data": str(root),
+           "split": str(split_path), "command": " ".join(sys.argv)}
     env["hardware"] = hardware_key(env)
     _start_nvml(cfg, ctx, args.nvml_period, variants[0], env)
     run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841 (held until run() returns)

@@ -74,6 +74,24 @@ def _memory_gb() -> float | str:
         return ""
 
 
+def gpu_limits(device: torch.device) -> dict:
+    """The GPU's enforced power limit (W) and maximum SM clock (MHz) from NVML: two machines with
+    one GPU model but other limits are other hardware for a comparison. {} when NVML cannot say."""
+    from bench.instruments.nvml import handle_for
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return {}
+    try:
+        handle = handle_for(device)
+        return {"power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
+                "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)}
+    except pynvml.NVMLError:
+        return {}
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def collect_env(device: torch.device) -> dict:
     """The fingerprint for a run on `device`. GPU fields are "" when the device is not CUDA.
 
@@ -98,6 +116,7 @@ def collect_env(device: torch.device) -> dict:
         "cpu_model": _cpu_model(),
         "cpu_cores": cores if cores else "",
         "memory_gb": _memory_gb(),
+        **(gpu_limits(device) if on_gpu else {}),
     }
 
 

@@ -53,24 +53,24 @@ def nvml_unavailable_reason(device: torch.device) -> str | None:
     except pynvml.NVMLError as error:
         return f"pynvml could not initialise: {error}"
     try:
-        _handle_for(device)
+        handle_for(device)
     except pynvml.NVMLError as error:
-        return f"no NVML device at PCI bus id {_pci_bus_id(device)}: {error}"
+        return f"no NVML device at PCI bus id {pci_bus_id(device)}: {error}"
     finally:
         pynvml.nvmlShutdown()
     return None
 
 
-def _pci_bus_id(device: torch.device) -> str:
+def pci_bus_id(device: torch.device) -> str:
     """The device's PCI id as NVML writes it; CUDA and NVML indices differ under
     CUDA_VISIBLE_DEVICES, the bus id does not."""
     props = torch.cuda.get_device_properties(device)
     return f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
 
 
-def _handle_for(device: torch.device):
+def handle_for(device: torch.device):
     """The NVML handle of the physical GPU behind a torch CUDA device."""
-    return pynvml.nvmlDeviceGetHandleByPciBusId(_pci_bus_id(device))
+    return pynvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id(device))
 
 
 def _clock_event_reasons(handle) -> int:
@@ -150,7 +150,7 @@ class NvmlSampler:
             raise RuntimeError(f"NVML sampling unavailable: {reason}")
         pynvml.nvmlInit()
         try:
-            handle = _handle_for(self.device)
+            handle = handle_for(self.device)
         except pynvml.NVMLError:
             pynvml.nvmlShutdown()
             raise
