@@ -11,7 +11,7 @@ MEMORY_LABELS = {"cuda_max_allocated": "peak mem MB (CUDA max allocated)", "proc
 
 def _fmt(table: pd.DataFrame, digits: dict) -> pd.DataFrame:
     """Rounded numbers; empty cells read n/a so a missing metric is never mistaken for 0."""
-    out = table.copy()
+    out = table.astype(object)
     for column, places in digits.items():
         if column in out:
             out[column] = out[column].map(lambda v: "n/a" if pd.isna(v) or v == "" else f"{float(v):,.{places}f}")
