@@ -17,6 +17,7 @@ from bench.trainer import Trainer, adam
 from bench.variants import Variant
 from loaders.dataset import discover_ids
 from loaders.split import make_split
+from models import count_parameters, count_stored_parameters
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,15 @@ def test_reference_loop_trains_the_variant_model():
     sps = reference_samples_per_s(Variant("add", memory_format="channels_last", batch_size=4), torch.device("cpu"),
                                   steps=2, warmup=1)
     assert sps > 0
+
+
+def test_reference_loop_builds_the_variants_channel_layout(monkeypatch):
+    """harness_efficiency compares like with like: an aligned variant's plain loop trains the aligned network."""
+    from bench import reference_loop
+    built, real = [], reference_loop.build_model
+    monkeypatch.setattr(reference_loop, "build_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    assert reference_samples_per_s(Variant("add", channels="aligned", batch_size=2), torch.device("cpu"), 1, 1) > 0
+    assert [count_stored_parameters(m) > count_parameters(m) for m in built] == [True]
 
 
 def test_adam_is_fused_on_cuda_and_named_in_the_row():
