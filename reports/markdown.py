@@ -95,9 +95,9 @@ def energy_table(ok: pd.DataFrame) -> str:
 
 def seed_pipeline_table(ok: pd.DataFrame) -> str:
     """Each variant's training samples/s over the seed's own pipeline (torch DataLoader, fp32,
-    eager, contiguous) of the same network and batch size, where the run measured it."""
+    eager, contiguous, seed widths) of the same network and batch size, where the run measured it."""
     seed = ok[(ok["loader"] == "torch") & (ok["precision"] == "fp32") & (ok["compile_mode"] == "none")
-              & (ok["memory_format"] == "contiguous")]
+              & (ok["memory_format"] == "contiguous") & (ok.get("channels", "seed") == "seed")]
     if seed.empty or len(seed) == len(ok):
         return ""
     key = ["arch", "downsample", "batch_size"]
