@@ -65,6 +65,26 @@ def test_step_returns_the_loss_detached_on_the_device(cfg):
     assert not torch.equal(before, next(trainer.model.parameters()))
 
 
+def test_step_mode_captures_on_the_first_batch_and_trains_like_eager(cfg, monkeypatch):
+    """The Trainer's --compile-mode step path into CapturedStep, with the CUDA-only calls stood in
+    for as in test_step_capture.py (warm-up runs the body, each replay runs it again) and
+    torch.compile the identity: captured once, then the same losses and weights as eager."""
+    from bench import step_capture
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    monkeypatch.setattr(step_capture, "fallback_reason", lambda device: None)
+    monkeypatch.setattr(step_capture, "_warm_up", lambda body, steps: [body() for _ in range(steps)])
+    monkeypatch.setattr(step_capture, "_capture", lambda body: body)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(2, 4, 64, 64, generator=g), torch.rand(2, 4, 64, 64, generator=g), torch.tensor([0, 1]))
+               for _ in range(3)]
+    step, eager = Trainer(Variant("add", compile_mode="step", batch_size=2), cfg), Trainer(Variant("add", batch_size=2), cfg)
+    losses = [[t.step(*batch) for batch in batches] for t in (step, eager)]
+    assert type(step.captured) is step_capture.CapturedStep and step.optimizer_name == "adam-fused-capturable"
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for mine, theirs in zip(step.model.parameters(), eager.model.parameters()):  # Adam moves each by <= lr 1e-4 a step;
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)  # fused and for-loop Adam round apart near eps
+
+
 def test_reference_is_measured_once_per_model_setting(cfg, monkeypatch):
     calls = []
     monkeypatch.setattr(runner, "reference_samples_per_s", lambda v, *a, **k: calls.append(v.name) or 1000.0)
