@@ -51,7 +51,8 @@ class Trainer:
         self.forward = torch.compile(self.model, mode=mode) if variant.compiled else self.model
         self.cudagraphs = variant.compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
         if self.whole_step:
-            self.optimizer, self.optimizer_name = capturable_adam(self.model.parameters(), cfg.lr, self.device), "adam-fused-capturable"
+            self.optimizer = capturable_adam(self.model.parameters(), cfg.lr, self.device)
+            self.optimizer_name = "adam-fused-capturable"
         else:
             self.optimizer, self.optimizer_name = adam(self.model.parameters(), cfg.lr, self.device)
         self.note = (fallback_reason(self.device) or "") if self.whole_step else ""  # why the step is not captured

@@ -77,7 +77,8 @@ def test_step_mode_captures_on_the_first_batch_and_trains_like_eager(cfg, monkey
     g = torch.Generator().manual_seed(0)
     batches = [(torch.rand(2, 4, 64, 64, generator=g), torch.rand(2, 4, 64, 64, generator=g), torch.tensor([0, 1]))
                for _ in range(3)]
-    step, eager = Trainer(Variant("add", compile_mode="step", batch_size=2), cfg), Trainer(Variant("add", batch_size=2), cfg)
+    step = Trainer(Variant("add", compile_mode="step", batch_size=2), cfg)
+    eager = Trainer(Variant("add", batch_size=2), cfg)
     losses = [[t.step(*batch) for batch in batches] for t in (step, eager)]
     assert type(step.captured) is step_capture.CapturedStep and step.optimizer_name == "adam-fused-capturable"
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)

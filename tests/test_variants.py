@@ -100,7 +100,8 @@ def test_step_compile_mode_and_channels_from_the_command_line(capsys):
                  "--loader", "resident", "--batch-size", "32"]) == 0
     assert capsys.readouterr().out.split() == [
         "add-maxpool-fp32-eager-contig-resident-b32", "add-maxpool-fp32-compile_step-contig-resident-b32",
-        "add-maxpool-aligned-fp32-eager-contig-resident-b32", "add-maxpool-aligned-fp32-compile_step-contig-resident-b32"]
+        "add-maxpool-aligned-fp32-eager-contig-resident-b32",
+        "add-maxpool-aligned-fp32-compile_step-contig-resident-b32"]
     with pytest.raises(SystemExit):
         main(["list", "--channels", "wide"])
     assert "wide not one of seed, aligned" in capsys.readouterr().err

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--nvml-period", type=float, default=0.02, help="NVML sampling period in seconds")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--kernels", metavar="PATH",
-                   help="kernels.csv of `bench kernels` (or its folder): use each Triton kernel that won there on this GPU")
+                   help="kernels.csv of `bench kernels` (or its folder): use each kernel that won there on this GPU")
 
 
 def run_dir_path(out: str | None, prefix: str = "") -> Path:
@@ -104,7 +104,7 @@ def announce_kernels(path: str, device: torch.device) -> None:
     from bench.commands.kernels import KERNELS
     from kernels.select import use_kernel
     if not Path(path).exists():
-        raise ValueError(f"--kernels {path}: no such file or folder (expected a kernels.csv of python -m bench kernels)")
+        raise ValueError(f"--kernels {path}: no such file or folder (expected a kernels.csv of bench kernels)")
     used = [kernel for kernel in KERNELS if use_kernel(kernel, device, path)]
     print(f"--kernels {path}: " + (f"{', '.join(used)} used where they apply" if used else
                                    f"no kernel beat eager and torch.compile there on {device}; the torch path runs"))
