@@ -23,6 +23,7 @@ class RunConfig:
     workers: int = 2
     progress: bool = True
     reference_steps: int = 20  # timed steps of the plain reference loop per variant (0: skip it)
+    kernels: str | None = None  # a kernels.csv of `bench kernels` (or its folder): kernels.select.use_kernel
 
 
 @dataclass

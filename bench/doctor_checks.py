@@ -32,7 +32,7 @@ PER_CLASS = 20  # 40 samples: 30 train (3 steps of BATCH), 10 val (one batch)
 BATCH = 8
 ARCH = "add"  # the smallest network (7M parameters)
 DALI_HINT = 'NVIDIA DALI not installed: pip install -e ".[dali]" (pulls nvidia-dali-cuda130)'
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune", "step")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from bench.variants import COMPILE_MODES, MEMORY_FORMATS, Variant, build_matrix, filter_variants
+from bench.variants import CHANNELS, COMPILE_MODES, MEMORY_FORMATS, Variant, build_matrix, filter_variants
 from loaders import LOADERS
 from models import ARCHITECTURES, DOWNSAMPLES
 
@@ -76,12 +76,15 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="add autocast variants beside fp32")
     p.add_argument("--amp-dtype", choices=("bf16", "fp16"), default="bf16", help="autocast dtype for --amp (fp16 uses GradScaler)")
     p.add_argument("--compile", action="store_true", help="add torch.compile variants beside eager")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES[1:], default="default", help="torch.compile mode for --compile")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES[1:], default="default",
+                   help="torch.compile mode for --compile; step: compiled model and the whole step in one CUDA graph")
     p.add_argument("--memory-format", type=csv_list(str, MEMORY_FORMATS), default=["contiguous"], help="contiguous,channels_last")
     p.add_argument("--batch-size", type=csv_list(positive), help="training batch size(s), e.g. 32,512 (profile default 32)")
     p.add_argument("--loader", type=csv_list(str, LOADERS), help="torch,resident,dali (profile default: quick resident, seed torch)")
     p.add_argument("--variants", nargs="+", metavar="PATTERN", help="keep variants whose name matches (glob or substring)")
     p.add_argument("--profile", choices=PROFILES, help="quick (default without a GPU), gpu (default with one) or seed")
+    p.add_argument("--channels", type=csv_list(str, CHANNELS), default=["seed"],
+                   help="seed,aligned: conv widths as the seed's, or zero-padded to multiples of 8 (same function)")
 
 
 def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
@@ -90,7 +93,7 @@ def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
     amp_dtype = amp_dtype or args.amp_dtype
     variants = build_matrix(args.arch, args.downsample, ["fp32", amp_dtype] if args.amp else ["fp32"],
                             ["none", args.compile_mode] if args.compile else ["none"], args.memory_format,
-                            args.batch_size or profile["batch_size"], args.loader or profile["loader"])
+                            args.batch_size or profile["batch_size"], args.loader or profile["loader"], args.channels)
     if profile["pipeline_epochs"] and not args.loader:
         variants = with_pipeline_rows(variants, profile["pipeline_epochs"], dali_available())
     chosen = filter_variants(variants, args.variants)
@@ -102,7 +105,8 @@ def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
 
 def with_pipeline_rows(variants: list, epochs: int, dali: bool) -> list:
     """Each network's variants led by the seed's pipeline (torch DataLoader, fp32, eager,
-    contiguous) and, with DALI, followed by DALI-fed copies of its slowest and fastest setting."""
+    contiguous, seed widths: once, also with --channels seed,aligned) and, with DALI, followed by
+    DALI-fed copies of its slowest and fastest setting."""
     rows = []
     for (arch, downsample, batch_size), group in itertools.groupby(variants, lambda v: (v.arch, v.downsample, v.batch_size)):
         group = list(group)
@@ -110,7 +114,7 @@ def with_pipeline_rows(variants: list, epochs: int, dali: bool) -> list:
         rows += group
         if dali:
             rows += [replace(v, loader="dali", epochs=epochs) for v in dict.fromkeys((group[0], group[-1]))]
-    return rows
+    return list(dict.fromkeys(rows))
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -2,8 +2,15 @@
 
 Its samples/s is what the variant's settings can reach on this machine when nothing but the
 model trains: one fixed batch already on the device, Adam (fused on CUDA), autocast, the compile
-mode and memory format of the variant. The runner's samples/s over this is the harness efficiency,
-so the loop's bookkeeping, the loader and Trainer's own choices all count against the harness.
+mode, memory format and channel widths of the variant. The runner's samples/s over this is the
+harness efficiency, so the loop's bookkeeping, the loader and Trainer's own choices all count
+against the harness.
+
+`--compile-mode step` is held to the plain whole-step capture loop: the model compiled in mode
+default and the whole step (forward, backward, fused capturable Adam) recorded once as a CUDA
+graph with PyTorch's recipe (warm up on a side stream, capture, replay), written here on its own
+rather than with bench.step_capture, so a cost of that module shows as harness overhead. Off CUDA
+it is the compiled loop (mode default), as the Trainer falls back there.
 """
 
 from contextlib import nullcontext
@@ -23,11 +30,15 @@ def reference_samples_per_s(variant: Variant, device: torch.device, steps: int, 
     """Training samples/s of the plain loop over `steps` steps after `warmup` (compilation) steps."""
     torch.manual_seed(seed)
     fmt = torch.channels_last if variant.memory_format == "channels_last" else torch.contiguous_format
-    model = build_model(variant.arch, variant.downsample).to(device, memory_format=fmt)
-    forward = torch.compile(model, mode=variant.compile_mode) if variant.compile_mode != "none" else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
+    model = build_model(variant.arch, variant.downsample, channels=variant.channels).to(device, memory_format=fmt)
+    captured = variant.compile_mode == "step" and device.type == "cuda"
+    mode = "default" if variant.compile_mode == "step" else variant.compile_mode
+    forward = torch.compile(model, mode=mode) if variant.compile_mode != "none" else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, device=device) if captured else lr,
+                                 fused=device.type == "cuda", capturable=captured)
     scaler = torch.amp.GradScaler(device.type) if variant.precision == "fp16" else None
-    amp = torch.autocast(device.type, dtype=_DTYPES[variant.precision]) if variant.precision in _DTYPES else nullcontext()
+    amp = (torch.autocast(device.type, dtype=_DTYPES[variant.precision], cache_enabled=not captured)
+           if variant.precision in _DTYPES else nullcontext())
     cudagraphs = variant.compile_mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
     b = variant.batch_size
     rgb = torch.rand(b, 4, 64, 64, device=device).contiguous(memory_format=fmt)
@@ -49,4 +60,18 @@ def reference_samples_per_s(variant: Variant, device: torch.device, steps: int, 
             scaler.step(optimizer)
             scaler.update()
 
-    return rate(time_calls(step, steps, device, warmup=warmup), b)
+    return rate(time_calls(_graph(step, warmup) if captured else step, steps, device, warmup=warmup), b)
+
+
+def _graph(step, warmup: int):
+    """`step` recorded as one CUDA graph; returns its replay (the batch tensors are the static inputs)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # Adam's state and cuDNN's workspaces exist before capture
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay

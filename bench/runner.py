@@ -21,9 +21,10 @@ from bench.instruments.timing import Clock, StepTimes, percentiles, rate, time_c
 from bench.reference_loop import reference_samples_per_s
 from bench.trainer import Trainer
 from bench.variants import Variant
+from kernels.select import use_kernel
 from loaders import make_loader
 from loaders.split import check_class_prior, class_share
-from models import count_parameters
+from models import count_parameters, count_stored_parameters
 
 __all__ = ["Trainer", "TrainingRun", "VariantResult", "failed_row", "measure"]
 
@@ -75,12 +76,20 @@ def _loader(variant: Variant, cfg: RunConfig, ctx: RunContext, ids: list[str], t
         if key not in ctx.loader_cache:
             ctx.loader_cache[key] = decode_split(cfg.data_root, ids, progress=cfg.progress)
         options["tensors"] = ctx.loader_cache[key]
+    if _loader_kernels(variant, cfg):
+        options["input_prep_kernel"] = True
     loader = make_loader(variant.loader, cfg.data_root, ids, batch_size=variant.batch_size, shuffle=train,
                          drop_last=True, seed=cfg.seed, device=cfg.device, workers=cfg.workers, **options)
     if len(loader) == 0:
         split = "train" if train else "val"
         raise ValueError(f"the {split} split has {len(ids)} samples, fewer than --batch-size {variant.batch_size}")
     return loader
+
+
+def _loader_kernels(variant: Variant, cfg: RunConfig) -> list[str]:
+    """The Triton kernels the variant's loader uses: input preparation, only in the DALI loader
+    (its batches arrive raw on the device; the other loaders prepare on the host or once)."""
+    return ["input_prep"] if variant.loader == "dali" and use_kernel("input_prep", cfg.device, cfg.kernels) else []
 
 
 def _train_epoch(run: TrainingRun, loader, times: StepTimes, cfg: RunConfig, desc: str) -> tuple[torch.Tensor, float | None]:
@@ -136,7 +145,7 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
         epoch_sps = rate((epoch_data + epoch_compute)[skip:], variant.batch_size)
         if not math.isnan(epoch_sps):
             run.epoch_sps.append(epoch_sps)
-        lr = trainer.optimizer.param_groups[0]["lr"]
+        lr = float(trainer.optimizer.param_groups[0]["lr"])  # a tensor on the device under --compile-mode step
         trainer.scheduler.step()
         val_loss, accuracy = trainer.evaluate(val_loader)  # .item() inside synchronises
         if not math.isfinite(val_loss):
@@ -264,6 +273,7 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
         **variant.settings(), "status": "ok", "error": "", "epochs": cfg.epochs, "repeats": cfg.repeats,
         "train_samples": len(cfg.train_ids), "val_samples": len(cfg.val_ids), "loader_form": last.val_loader.form,
         "optimizer": last.trainer.optimizer_name, "params": count_parameters(last.trainer.model),
+        "params_stored": count_stored_parameters(last.trainer.model),
         "val_loss": float(np.mean([r.curves[-1]["val_loss"] for r in runs])),
         "accuracy": float(np.mean([r.curves[-1]["accuracy"] for r in runs])),
         "sec_per_epoch": float(np.mean([c["epoch_s"] for c in curves])), "first_epoch_s": last.curves[0]["epoch_s"],
@@ -282,6 +292,7 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
         "final_train_loss": last.curves[-1]["train_loss"], "flops_per_sample": flops,
         "mfu": mfu.mfu(flops, train_sps, gpu_name, _peak_precision(variant)) if gpu_name else None,
         "samples_trained": sum(r.samples for r in runs),
+        "kernels": ",".join(last.trainer.kernels + _loader_kernels(variant, cfg)), "note": last.trainer.note,
     }
 
 

@@ -59,7 +59,7 @@ class EagerStep:
 
     def __init__(self, model, optimizer, loss_fn, forward=None, amp_dtype=None):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
-        self.forward = forward or model
+        self.forward = model if forward is None else forward  # not `or`: a compiled module has no truth value
         self.amp_dtype = amp_dtype
 
     def run(self, *batch) -> torch.Tensor:

@@ -5,8 +5,10 @@ from contextlib import nullcontext
 import torch
 
 from bench.config import RunConfig
+from bench.step_capture import capturable_adam, fallback_reason, make_step
 from bench.variants import Variant
-from models import build_model
+from kernels.select import use_kernel
+from models import build_model, fuse_relu_maxpool
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -37,10 +39,24 @@ class Trainer:
         self.variant, self.device = variant, cfg.device
         torch.manual_seed(cfg.seed)
         self.memory_format = memory_format(variant)
-        self.model = build_model(variant.arch, variant.downsample).to(self.device, memory_format=self.memory_format)
-        self.forward = torch.compile(self.model, mode=variant.compile_mode) if variant.compiled else self.model
+        self.model = build_model(variant.arch, variant.downsample, channels=variant.channels)
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.kernels = []  # the Triton kernels this model uses, for the row
+        if use_kernel("relu_maxpool", self.device, cfg.kernels):
+            fuse_relu_maxpool(self.model)
+            self.kernels.append("relu_maxpool")
+        self.whole_step = variant.compile_mode == "step"
+        # step: no cudagraph trees inside the whole-step graph, so the model compiles in mode default
+        mode = "default" if self.whole_step else variant.compile_mode
+        self.forward = torch.compile(self.model, mode=mode) if variant.compiled else self.model
         self.cudagraphs = variant.compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
-        self.optimizer, self.optimizer_name = adam(self.model.parameters(), cfg.lr, self.device)
+        if self.whole_step:
+            self.optimizer = capturable_adam(self.model.parameters(), cfg.lr, self.device)
+            self.optimizer_name = "adam-fused-capturable"
+        else:
+            self.optimizer, self.optimizer_name = adam(self.model.parameters(), cfg.lr, self.device)
+        self.note = (fallback_reason(self.device) or "") if self.whole_step else ""  # why the step is not captured
+        self.captured = None  # step: made on the first batch (bench.step_capture.make_step)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         # GradScaler only where fp16 needs it: a disabled scaler still costs calls every step
         self.scaler = torch.amp.GradScaler(self.device.type) if variant.precision == "fp16" else None
@@ -61,6 +77,8 @@ class Trainer:
     def step(self, rgb, lidar, label) -> torch.Tensor:
         """One optimiser step; returns the loss on the device (detached, no copy: it is computed
         outside the compiled model, so a CUDA-graph replay cannot overwrite it)."""
+        if self.whole_step:
+            return self.replay_step(rgb, lidar, label)
         loss = self.criterion(self.logits(rgb, lidar).float(), label)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
@@ -71,6 +89,15 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         return loss.detach()
+
+    def replay_step(self, rgb, lidar, label) -> torch.Tensor:
+        """--compile-mode step: the first batch captures the whole step (inside the warm-up steps,
+        so in compile_s), every batch replays it; eager where it cannot be captured (self.note)."""
+        batch = (*self.inputs(rgb, lidar), label)
+        if self.captured is None:
+            self.captured = make_step(self.model, self.optimizer, self.criterion, batch, forward=self.forward,
+                                      amp_dtype=AMP_DTYPES.get(self.variant.precision))
+        return self.captured(*batch)
 
     @torch.no_grad()
     def evaluate(self, loader) -> tuple[float, float]:

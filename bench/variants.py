@@ -5,7 +5,9 @@ import itertools
 from dataclasses import asdict, dataclass
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+# "step": the model compiled in mode default and the whole training step (forward, backward, fused
+# capturable Adam) replayed as one CUDA graph (bench.step_capture)
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "step")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 CHANNELS = ("seed", "aligned")  # models.CHANNEL_LAYOUTS: conv widths as the seed's, or padded to multiples of 8
 _FORMAT_TAG = {"contiguous": "contig", "channels_last": "cl"}
@@ -32,6 +34,9 @@ class Variant:
         ):
             if value not in allowed:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.compile_mode == "step" and self.precision == "fp16":
+            raise ValueError("--compile-mode step cannot train --amp-dtype fp16: GradScaler's inf check waits for "
+                             "the host, which a captured step cannot; use --amp-dtype bf16")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
         if self.epochs is not None and self.epochs < 1:

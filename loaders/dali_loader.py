@@ -17,9 +17,10 @@ made by loaders.dataset like every other loader's (alpha added, images resized).
 (corrupt PNG, NaN depth, wrong depth shape) are named earlier by the data check (loaders.check).
 
 Both forms: [0, 1] scaling and XYZA are computed in torch right after the iterator, on the target
-device, with the same functions as every other loader (loaders.dataset). Outputs move to the GPU
-inside the pipeline (`.gpu()` / mixed decoder) when the device is CUDA; without a GPU the pipeline
-uses CPU operators only and device_id=None.
+device, with the same functions as every other loader (loaders.dataset), or with
+input_prep_kernel=True by the one-pass Triton kernel of kernels/input_prep (same mathematics).
+Outputs move to the GPU inside the pipeline (`.gpu()` / mixed decoder) when the device is CUDA;
+without a GPU the pipeline uses CPU operators only and device_id=None.
 
 Order (shuffle=True): every epoch is a fresh permutation of the whole split, each sample exactly
 once, fixed by (seed, epoch) and independent of batch size and threads. png uses the readers'
@@ -50,7 +51,7 @@ except ImportError as error:
         f"(pulls nvidia-dali-cuda130); import failed with: {error}"
     ) from error
 
-from loaders.dataset import DatasetError, angle_tables, depth_to_xyza, label_of, rgba_to_float, sample_files
+from loaders.dataset import DatasetError, angle_tables, label_of, prepare_batch, sample_files
 from loaders.order import epoch_order
 from loaders.prepare import find_prepared, open_prepared
 
@@ -157,7 +158,8 @@ class DaliLoader:
     """DALI pipeline + iterator; each pass over it is one epoch of (rgb, lidar XYZA, label) batches."""
 
     def __init__(self, root, sample_ids, batch_size=32, shuffle=True, drop_last=True, seed=42,
-                 device="cpu", workers=2, prepared: bool | None = None, *, shard_id=0, num_shards=1):
+                 device="cpu", workers=2, prepared: bool | None = None, *, shard_id=0, num_shards=1,
+                 input_prep_kernel: bool = False):
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
         root = Path(root).expanduser()
@@ -193,6 +195,7 @@ class DaliLoader:
         low, high = shard_bounds(len(sample_ids), shard_id, num_shards)
         self.num_samples = high - low
         self.batch_size, self.drop_last = batch_size, drop_last
+        self.input_prep_kernel = input_prep_kernel
         self.in_epoch = False
 
     def __len__(self) -> int:
@@ -206,7 +209,8 @@ class DaliLoader:
             raise DatasetError(f"DALI decoded {rgba.shape[-1]}-channel images; the dataset must hold RGBA PNGs")
         label = outputs["label"].reshape(-1).to(self.device, torch.int64)
         depth = outputs["depth"].to(self.device, torch.float32)
-        return rgba_to_float(rgba), depth_to_xyza(depth, self.azimuth[label], self.zenith[label]), label
+        rgb, lidar = prepare_batch(rgba, depth, self.azimuth[label], self.zenith[label], kernel=self.input_prep_kernel)
+        return rgb, lidar, label
 
     def __iter__(self):
         if self.in_epoch:  # the last pass stopped early; DALI cannot reset mid-epoch, so finish it

@@ -175,3 +175,14 @@ def depth_to_xyza(depth: torch.Tensor, azimuth: torch.Tensor, zenith: torch.Tens
 def rgba_to_float(rgba: torch.Tensor) -> torch.Tensor:
     """uint8 [..., H, W, 4] -> float [..., 4, H, W] in [0, 1], like torchvision's ToTensor."""
     return rgba.movedim(-1, -3).float().div(255)
+
+
+def prepare_batch(rgba: torch.Tensor, depth: torch.Tensor, azimuth: torch.Tensor, zenith: torch.Tensor,
+                  kernel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A raw batch on the device -> (rgb, lidar XYZA), fp32 as every loader yields them: the
+    functions above, or with `kernel` the one-pass Triton kernel of kernels/input_prep (the same
+    mathematics; chosen where `bench kernels` found it faster, kernels.select.use_kernel)."""
+    if kernel:
+        from kernels.input_prep import prepare_inputs
+        return prepare_inputs(rgba, depth, azimuth, zenith)
+    return rgba_to_float(rgba), depth_to_xyza(depth, azimuth, zenith)

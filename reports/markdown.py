@@ -60,6 +60,16 @@ def compiler_table(ok: pd.DataFrame) -> str:
     return _fmt(table, {"compile_s": 1}).to_markdown(index=False)
 
 
+def notes_table(ok: pd.DataFrame) -> str:
+    """The rows that used a Triton kernel or carry a note (e.g. a step capture that fell back)."""
+    columns = [c for c in ("kernels", "note") if c in ok]
+    if not columns:
+        return ""
+    text = ok[columns].astype("string").fillna("")  # empty cells read back from the CSV as NaN
+    marked = text.ne("").any(axis=1)
+    return "" if not marked.any() else ok.loc[marked, ["variant"]].join(text[marked]).to_markdown(index=False)
+
+
 ENERGY_WINDOWS = ("Windows: GPU util, power, energy J, above idle and samples/J cover the timed steady training "
                   "steps only (warm-up and validation excluded); compile J is the warm-up steps, where a compiled "
                   "model compiles (its eval graph compiles in the first validation); validation J is every "
@@ -85,9 +95,9 @@ def energy_table(ok: pd.DataFrame) -> str:
 
 def seed_pipeline_table(ok: pd.DataFrame) -> str:
     """Each variant's training samples/s over the seed's own pipeline (torch DataLoader, fp32,
-    eager, contiguous) of the same network and batch size, where the run measured it."""
+    eager, contiguous, seed widths) of the same network and batch size, where the run measured it."""
     seed = ok[(ok["loader"] == "torch") & (ok["precision"] == "fp32") & (ok["compile_mode"] == "none")
-              & (ok["memory_format"] == "contiguous")]
+              & (ok["memory_format"] == "contiguous") & (ok.get("channels", "seed") == "seed")]
     if seed.empty or len(seed) == len(ok):
         return ""
     key = ["arch", "downsample", "batch_size"]
@@ -150,6 +160,9 @@ def write_report(run_dir: str | Path) -> Path:
             compiled = compiler_table(ok)
             if compiled:
                 lines += ["## Compiler", "", "A recompilation during the timed steps makes a row suspect.", "", compiled, ""]
+            notes = notes_table(ok)
+            if notes:
+                lines += ["## Kernels and notes", "", notes, ""]
             lines += ["## Energy and utilisation", "", energy_table(ok), ""]
         inference = read_table(run_dir / INFERENCE, key=None)
         if not inference.empty:

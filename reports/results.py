@@ -33,7 +33,7 @@ RESULT_COLUMNS = SETTINGS + [
     "sm_clock_mhz_mean", "temp_c_max", "nvml_mem_peak_mb", "energy_j", "energy_source",
     "energy_above_idle_j", "samples_per_j", "compile_energy_j", "val_energy_j", "phase_energy_j", "j_to_target",
     "throttled_share", "throttled",
-    "samples_trained",
+    "samples_trained", "kernels", "note",
 ] + FINGERPRINT
 CURVE_COLUMNS = ["variant", "repeat", "epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_s", "eval_s",
                  "train_samples_per_s", "elapsed_s"]

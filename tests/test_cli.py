@@ -69,6 +69,7 @@ def test_data_and_split_commands(tmp_path):
     (["all", "--loader", "webdataset"], "webdataset not one of torch, resident, dali"),
     (["report", "nowhere"], "has no results.csv"),
     (["all", "--resume", "nowhere"], "--resume nowhere: no results.csv there"),
+    (["all", "--kernels", "nowhere.csv"], "--kernels nowhere.csv: no such file or folder"),
 ])
 def test_bad_options(args, message, tmp_path):
     done = bench(*args, cwd=tmp_path)

@@ -17,6 +17,7 @@ from bench.trainer import Trainer, adam
 from bench.variants import Variant
 from loaders.dataset import discover_ids
 from loaders.split import make_split
+from models import count_parameters, count_stored_parameters
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,15 @@ def test_reference_loop_trains_the_variant_model():
     sps = reference_samples_per_s(Variant("add", memory_format="channels_last", batch_size=4), torch.device("cpu"),
                                   steps=2, warmup=1)
     assert sps > 0
+
+
+def test_reference_loop_builds_the_variants_channel_layout(monkeypatch):
+    """harness_efficiency compares like with like: an aligned variant's plain loop trains the aligned network."""
+    from bench import reference_loop
+    built, real = [], reference_loop.build_model
+    monkeypatch.setattr(reference_loop, "build_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    assert reference_samples_per_s(Variant("add", channels="aligned", batch_size=2), torch.device("cpu"), 1, 1) > 0
+    assert [count_stored_parameters(m) > count_parameters(m) for m in built] == [True]
 
 
 def test_adam_is_fused_on_cuda_and_named_in_the_row():
@@ -53,6 +63,27 @@ def test_step_returns_the_loss_detached_on_the_device(cfg):
     loss = trainer.step(torch.rand(2, 4, 64, 64), torch.rand(2, 4, 64, 64), torch.tensor([0, 1]))
     assert loss.grad_fn is None and loss.device == cfg.device and torch.isfinite(loss)
     assert not torch.equal(before, next(trainer.model.parameters()))
+
+
+def test_step_mode_captures_on_the_first_batch_and_trains_like_eager(cfg, monkeypatch):
+    """The Trainer's --compile-mode step path into CapturedStep, with the CUDA-only calls stood in
+    for as in test_step_capture.py (warm-up runs the body, each replay runs it again) and
+    torch.compile the identity: captured once, then the same losses and weights as eager."""
+    from bench import step_capture
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    monkeypatch.setattr(step_capture, "fallback_reason", lambda device: None)
+    monkeypatch.setattr(step_capture, "_warm_up", lambda body, steps: [body() for _ in range(steps)])
+    monkeypatch.setattr(step_capture, "_capture", lambda body: body)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(2, 4, 64, 64, generator=g), torch.rand(2, 4, 64, 64, generator=g), torch.tensor([0, 1]))
+               for _ in range(3)]
+    step = Trainer(Variant("add", compile_mode="step", batch_size=2), cfg)
+    eager = Trainer(Variant("add", batch_size=2), cfg)
+    losses = [[t.step(*batch) for batch in batches] for t in (step, eager)]
+    assert type(step.captured) is step_capture.CapturedStep and step.optimizer_name == "adam-fused-capturable"
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for mine, theirs in zip(step.model.parameters(), eager.model.parameters()):  # Adam moves each by <= lr 1e-4 a step;
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)  # fused and for-loop Adam round apart near eps
 
 
 def test_reference_is_measured_once_per_model_setting(cfg, monkeypatch):

@@ -18,7 +18,7 @@ from conftest import requires_cuda
 from kernels.input_prep import prepare_inputs, prepare_inputs_reference
 from kernels.relu_maxpool import NO_GRADIENT, ReLUMaxPool, relu_maxpool_forward, relu_maxpool_reference
 from kernels.select import use_kernel, winners
-from loaders.dataset import depth_to_xyza, rgba_to_float
+from loaders.dataset import depth_to_xyza, prepare_batch, rgba_to_float
 from models import build_model, fuse_relu_maxpool
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,6 +61,21 @@ def test_input_prep_kernel_matches_reference(dtype, channels_last, strided):
         assert g.dtype == dtype and g.shape == (3, 4, 5, 7) and g.is_contiguous(memory_format=layout)
         torch.testing.assert_close(g, w, **({"rtol": 1.3e-6, "atol": 1e-5} if dtype == torch.float32 else {}))
     assert torch.equal(got[1][:, 3], want[1][:, 3])  # the return mask is exact
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_loaders_take_the_input_prep_kernel_only_when_chosen(strided, monkeypatch):
+    """loaders.dataset.prepare_batch (the DALI loader's batch()): the torch functions by default,
+    the kernel when kernels.select chose it, with the same tensors (fp32 tolerances above)."""
+    from kernels import input_prep
+    calls = []
+    monkeypatch.setattr(input_prep, "prepare_inputs", lambda *a, **k: calls.append(1) or prepare_inputs(*a, **k))
+    inputs = _raw_batch(strided=strided)
+    torch_path = prepare_batch(*inputs)
+    assert calls == []
+    kernel_path = prepare_batch(*inputs, kernel=True)
+    assert calls == [1] and [t.dtype for t in kernel_path] == [torch.float32] * 2
+    torch.testing.assert_close(kernel_path, torch_path, rtol=1.3e-6, atol=1e-5)
 
 
 def test_input_prep_rejects_mismatched_shapes():

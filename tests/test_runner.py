@@ -11,7 +11,7 @@ from bench import matrix as run_module
 from bench.config import RunConfig
 from bench.matrix import run_matrix
 from bench.runner import measure
-from bench.variants import Variant
+from bench.variants import CHANNELS, Variant
 from loaders.dataset import discover_ids
 from loaders.split import make_split, stratified_subset
 from reports.results import CURVE_COLUMNS, RESULT_COLUMNS
@@ -181,3 +181,85 @@ def test_report_shows_speed_up_over_the_seed_pipeline_and_energy_windows(tiny_da
     assert re.search(r"\| resident +\| +9,000 \| +4\.50? \|", speed_up), speed_up  # 9,000 / 2,000
     assert "harness efficiency" in report and re.search(r"\| +0\.90? \|", report)
     assert "cover the timed steady training steps only" in report and "compile J" in report
+
+
+def test_step_mode_falls_back_to_the_eager_step_on_cpu_and_says_so(tiny_data, split, monkeypatch):
+    """--compile-mode step off CUDA: the same training as eager (capturable fused Adam, lr a
+    tensor read back as a float for the curves), with the reason in the row. torch.compile is the
+    identity here: the fallback is under test, not Inductor (test_compiled_variant_on_cpu)."""
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    cfg = config(tiny_data, split, epochs=2)
+    with pytest.warns(RuntimeWarning, match="needs a CUDA device"):
+        step = measure(Variant("add", compile_mode="step", batch_size=8, loader="resident"), cfg)
+    eager = measure(Variant("add", batch_size=8, loader="resident"), cfg)
+    assert step.row["status"] == "ok" and step.row["optimizer"] == "adam-fused-capturable"
+    assert "--compile-mode step needs a CUDA device" in step.row["note"] and eager.row["note"] == ""
+    lrs = [c["lr"] for c in step.curves]
+    assert all(type(lr) is float for lr in lrs) and lrs == pytest.approx([c["lr"] for c in eager.curves], rel=1e-6)
+    assert lrs[1] < lrs[0]  # the cosine schedule reaches the tensor lr
+    losses = [[c[k] for c in r.curves] for r in (step, eager) for k in ("train_loss", "val_loss")]
+    torch.testing.assert_close(losses[:2], losses[2:], rtol=1e-4, atol=1e-6)
+
+
+class TinyPoolNet(torch.nn.Module):
+    """One conv + ReLU + 2x2 max-pool per modality, summed, then a linear head: a pair for
+    fuse_relu_maxpool, small enough for Triton's interpreter."""
+
+    def __init__(self):
+        super().__init__()
+        self.rgb, self.lidar = (torch.nn.Sequential(torch.nn.Conv2d(4, 2, 3, stride=4, padding=1), torch.nn.ReLU(),
+                                                    torch.nn.MaxPool2d(2)) for _ in range(2))
+        self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 2))
+
+    def forward(self, rgb, lidar):
+        return self.head(self.rgb(rgb) + self.lidar(lidar))
+
+
+def test_relu_maxpool_kernel_only_where_it_won_and_named_in_the_row(tiny_data, split, tmp_path, monkeypatch):
+    """On a CPU use_kernel is False whatever the table says, and the torch path runs; where it
+    says the kernel won (patched), the network pools with it (TRITON_INTERPRET=1 here)."""
+    from bench import trainer as trainer_module
+    from kernels import relu_maxpool
+    from kernels.select import COLUMNS
+    monkeypatch.setattr(trainer_module, "build_model", lambda arch, downsample, channels: TinyPoolNet())
+    calls = []
+    real_forward = relu_maxpool.relu_maxpool_forward
+    monkeypatch.setattr(relu_maxpool, "relu_maxpool_forward", lambda x: calls.append(x.shape) or real_forward(x))
+    table = tmp_path / "kernels.csv"
+    pd.DataFrame([{**dict.fromkeys(COLUMNS, 1.0), "kernel": "relu_maxpool", "device_name": "cpu", "wins": True}],
+                 columns=COLUMNS).to_csv(table, index=False)
+    cfg = config(tiny_data, split, reference_steps=0, kernels=str(table))
+    variant = Variant("add", batch_size=8, loader="resident")
+    assert measure(variant, cfg).row["kernels"] == "" and calls == []
+    monkeypatch.setattr(trainer_module, "use_kernel", lambda kernel, device, results: kernel == "relu_maxpool")
+    row = measure(variant, cfg).row
+    assert row["status"] == "ok" and row["kernels"] == "relu_maxpool" and math.isfinite(row["final_train_loss"])
+    assert (8, 2, 16, 16) in calls  # the training batches pooled by the kernel
+
+
+def test_aligned_channels_train_the_seed_function(tiny_data, split):
+    """Same seed: the aligned network starts from the seed network's function and learns it, so
+    the losses agree to float rounding (other conv widths pick other CPU algorithms); its logical
+    parameter count is the seed's, the stored one holds the zero padding (50, 100 -> 56, 104).
+    The flag's path to these variants: test_variants.py::test_step_compile_mode_and_channels_from_the_command_line."""
+    cfg = config(tiny_data, split, infer_iters=0)
+    seed, aligned = (measure(Variant("add", batch_size=8, loader="resident", channels=c), cfg).row for c in CHANNELS)
+    assert (seed["channels"], aligned["channels"]) == ("seed", "aligned") and "-aligned-" in aligned["variant"]
+    assert seed["params"] == aligned["params"] == seed["params_stored"] == 7_074_334
+    assert aligned["params_stored"] == 7_074_334 + 2 * (222 + 7_420 + 7_200)  # two embedders' padding
+    assert aligned["final_train_loss"] == pytest.approx(seed["final_train_loss"], rel=1e-4)
+    assert aligned["val_loss"] == pytest.approx(seed["val_loss"], rel=1e-4)
+
+
+def test_report_lists_kernels_and_notes(tiny_data, split, tmp_path, monkeypatch):
+    extra = {"add": {"kernels": "relu_maxpool"}, "mul": {"note": "--compile-mode step needs a CUDA device"}, "late": {}}
+
+    def faked(variant, cfg, ctx=None):
+        result = fake_result(variant)
+        result.row.update(extra[variant.arch])
+        return result
+
+    monkeypatch.setattr(run_module, "measure", faked)
+    run_matrix([Variant(arch) for arch in extra], config(tiny_data, split), tmp_path, {})
+    notes = (tmp_path / "report.md").read_text().split("## Kernels and notes")[1].split("##")[0]
+    assert "relu_maxpool" in notes and "needs a CUDA device" in notes and "late-" not in notes

@@ -121,3 +121,12 @@ def test_cuda_graph_replay_trains_like_eager(amp_dtype):
     for mine, theirs in zip(captured[0], eager[0]):
         torch.testing.assert_close(mine, theirs, **tolerance)
     torch.testing.assert_close(captured[1], eager[1], **tolerance)
+
+
+def test_a_compiled_forward_is_taken_as_given():
+    """The Trainer passes torch.compile(model) (an OptimizedModule, which has no truth value);
+    wrapping compiles nothing until called."""
+    model = TwoInputNet()
+    compiled = torch.compile(model)
+    step = EagerStep(model, torch.optim.Adam(model.parameters()), nn.functional.cross_entropy, forward=compiled)
+    assert step.forward is compiled and EagerStep(model, None, None).forward is model

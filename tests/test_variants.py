@@ -93,3 +93,33 @@ def test_an_explicit_loader_or_profile_turns_the_pipeline_rows_off(monkeypatch, 
     main(["list", "--arch", "add", "--profile", "seed"])
     assert capsys.readouterr().out.split() == ["add-maxpool-fp32-eager-contig-resident-b32",
                                                "add-maxpool-fp32-eager-contig-torch-b32"]
+
+
+def test_step_compile_mode_and_channels_from_the_command_line(capsys):
+    assert main(["list", "--compile", "--compile-mode", "step", "--channels", "seed,aligned", "--arch", "add",
+                 "--loader", "resident", "--batch-size", "32"]) == 0
+    assert capsys.readouterr().out.split() == [
+        "add-maxpool-fp32-eager-contig-resident-b32", "add-maxpool-fp32-compile_step-contig-resident-b32",
+        "add-maxpool-aligned-fp32-eager-contig-resident-b32",
+        "add-maxpool-aligned-fp32-compile_step-contig-resident-b32"]
+    with pytest.raises(SystemExit):
+        main(["list", "--channels", "wide"])
+    assert "wide not one of seed, aligned" in capsys.readouterr().err
+
+
+def test_step_capture_refuses_fp16(capsys):
+    """A captured step cannot run GradScaler (its inf check waits for the host): a one-line error."""
+    with pytest.raises(ValueError, match="--compile-mode step cannot train --amp-dtype fp16"):
+        Variant("add", precision="fp16", compile_mode="step")
+    assert main(["list", "--amp", "--amp-dtype", "fp16", "--compile", "--compile-mode", "step"]) == 2
+    assert "error: --compile-mode step cannot train --amp-dtype fp16" in capsys.readouterr().err
+
+
+def test_gpu_matrix_runs_each_seed_pipeline_once_with_both_channel_layouts(monkeypatch, capsys):
+    import bench.options
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr(bench.options, "dali_available", lambda: False)
+    assert main(["list", "--channels", "seed,aligned", "--arch", "add"]) == 0
+    assert capsys.readouterr().out.split() == ["add-maxpool-fp32-eager-contig-torch-b32-e3",
+                                               "add-maxpool-fp32-eager-contig-resident-b32",
+                                               "add-maxpool-aligned-fp32-eager-contig-resident-b32"]

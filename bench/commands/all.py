@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="loader worker processes/threads")
     p.add_argument("--nvml-period", type=float, default=0.02, help="NVML sampling period in seconds")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--kernels", metavar="PATH",
+                   help="kernels.csv of `bench kernels` (or its folder): use each kernel that won there on this GPU")
 
 
 def run_dir_path(out: str | None, prefix: str = "") -> Path:
@@ -54,6 +56,8 @@ def run(args) -> int:
     profile_name = args.profile or default_profile(device.type)
     profile = PROFILES[profile_name]
     variants = matrix(args, profile_name, amp_dtype)
+    if args.kernels:
+        announce_kernels(args.kernels, device)
     run_dir = run_dir_path(args.resume or args.out)
     root, ids = resolve_data(args.data, args.per_class, args.seed, progress=not args.no_progress)
     split, split_path = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
@@ -64,7 +68,7 @@ def run(args) -> int:
         device=device, epochs=args.epochs or profile["epochs"], seed=args.seed, warmup_steps=args.warmup_steps,
         target_acc=args.target_acc, repeats=args.repeats, infer_batch_sizes=tuple(args.infer_batch_sizes),
         infer_iters=profile["infer_iters"], workers=args.workers, progress=not args.no_progress,
-        reference_steps=profile["reference_steps"])
+        reference_steps=profile["reference_steps"], kernels=args.kernels)
     try:
         check = check_dataset(root, cfg.train_ids + cfg.val_ids, progress=cfg.progress)
     except KeyboardInterrupt:
@@ -93,6 +97,17 @@ def run(args) -> int:
             ctx.sampler.stop()
     print(f"report: {run_dir / 'report.md'}" + (f" ({failures} variants failed)" if failures else ""))
     return 1 if failures else 0
+
+
+def announce_kernels(path: str, device: torch.device) -> None:
+    """Checks --kernels before any training and says which kernels this device will use."""
+    from bench.commands.kernels import KERNELS
+    from kernels.select import use_kernel
+    if not Path(path).exists():
+        raise ValueError(f"--kernels {path}: no such file or folder (expected a kernels.csv of bench kernels)")
+    used = [kernel for kernel in KERNELS if use_kernel(kernel, device, path)]
+    print(f"--kernels {path}: " + (f"{', '.join(used)} used where they apply" if used else
+                                   f"no kernel beat eager and torch.compile there on {device}; the torch path runs"))
 
 
 def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict) -> None:
