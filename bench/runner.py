@@ -35,6 +35,7 @@ class VariantResult:
     row: dict
     curves: list[dict]
     inference: list[dict]
+    robustness: list[dict] = field(default_factory=list)  # a row per bench.robustness condition
 
 
 @dataclass
@@ -146,7 +147,7 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
         elapsed = t_done - run.t_start
         if math.isnan(run.time_to_target) and accuracy >= cfg.target_acc:
             run.time_to_target = elapsed
-        run.curves.append({"variant": variant.name, "repeat": repeat, "epoch": epoch,
+        run.curves.append({"variant": variant.name, "seed": cfg.seed, "repeat": repeat, "epoch": epoch,
                            "train_loss": losses.sum().item() / max(steps, 1), "val_loss": val_loss, "accuracy": accuracy,
                            "lr": lr, "epoch_s": t_eval - t_epoch, "eval_s": t_done - t_eval,
                            "train_samples_per_s": epoch_sps, "elapsed_s": elapsed})
@@ -178,7 +179,7 @@ def _inference(trainer: Trainer, val_loader, variant: Variant, cfg: RunConfig) -
         for batch_size in (b for b in batch_sizes if b <= len(rgb_all)):
             rgb, lidar = rgb_all[:batch_size], lidar_all[:batch_size]
             ms = time_calls(lambda: trainer.logits(rgb, lidar), cfg.infer_iters, cfg.device, warmup=3)
-            rows.append({"variant": variant.name, "batch_size": batch_size, "samples_per_s": rate(ms, batch_size),
+            rows.append({"variant": variant.name, "seed": cfg.seed, "batch_size": batch_size, "samples_per_s": rate(ms, batch_size),
                          **{f"ms_{k}": v for k, v in percentiles(ms).items()}})
     trainer.model.train()
     return rows
@@ -228,6 +229,7 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     _mark(ctx, f"{variant.name}:inference")
     last = runs[-1]
     inference = _inference(last.trainer, last.val_loader, variant, cfg) if cfg.infer_iters > 0 else []
+    robustness = _robustness(last, variant, cfg) if cfg.robustness else []
     peak = memory.read_peak(cfg.device)
     dynamo = _dynamo_counts()  # before the reference loop, which compiles a model of its own
     _mark(ctx, f"{variant.name}:reference")
@@ -236,7 +238,20 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     row = summarise(variant, cfg, runs, inference, dynamo, reference_sps)
     row.update(peak)
     row.update(_nvml_columns(last, cfg, ctx))
-    return VariantResult(row, [c for r in runs for c in r.curves], inference)
+    return VariantResult(row, [c for r in runs for c in r.curves], inference, robustness)
+
+
+def _robustness(run: TrainingRun, variant: Variant, cfg: RunConfig) -> list[dict]:
+    """The last trained model's validation accuracy under each sensor degradation (eval mode,
+    the validation loader's order, one generator per condition seeded with the run's seed)."""
+    from bench.robustness import CONDITIONS, evaluate_robustness
+    trainer = run.trainer
+    trainer.model.eval()
+    try:
+        rows = evaluate_robustness(trainer.logits, run.val_loader, CONDITIONS, cfg.device, seed=cfg.seed)
+    finally:
+        trainer.model.train()
+    return [{"variant": variant.name, "seed": cfg.seed, **row} for row in rows]
 
 
 def _mark(ctx: RunContext, label: str) -> None:
@@ -261,7 +276,7 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
     curves = [c for r in runs for c in r.curves]
     compiled = variant.compiled
     return {
-        **variant.settings(), "status": "ok", "error": "", "epochs": cfg.epochs, "repeats": cfg.repeats,
+        **variant.settings(), "seed": cfg.seed, "world_size": cfg.world_size, "status": "ok", "error": "", "epochs": cfg.epochs, "repeats": cfg.repeats,
         "train_samples": len(cfg.train_ids), "val_samples": len(cfg.val_ids), "loader_form": last.val_loader.form,
         "optimizer": last.trainer.optimizer_name, "params": count_parameters(last.trainer.model),
         "val_loss": float(np.mean([r.curves[-1]["val_loss"] for r in runs])),

@@ -1,12 +1,13 @@
 """`bench all`: train and measure every variant of the matrix into a run directory."""
 
+import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from bench.options import PROFILES, add_data_args, add_matrix_args, csv_list, default_profile, matrix, positive, resolve_device
+from bench.options import PROFILES, ROBUSTNESS_DEFAULT, add_data_args, add_matrix_args, csv_list, default_profile, matrix, positive, resolve_device
 
 
 def add_parser(sub) -> None:
@@ -25,6 +26,10 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="loader worker processes/threads")
     p.add_argument("--nvml-period", type=float, default=0.02, help="NVML sampling period in seconds")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seeds", type=csv_list(int), help="train each variant once per seed (init and shuffling; "
+                   "--seed still fixes data and split), e.g. 42,43,44 (default: --seed)")
+    p.add_argument("--robustness", action=argparse.BooleanOptionalAction, help="evaluate each trained network with "
+                   "one sensor degraded (default: on in the seed and gpu profiles, off in quick)")
 
 
 def run_dir_path(out: str | None, prefix: str = "") -> Path:
@@ -64,13 +69,15 @@ def run(args) -> int:
         device=device, epochs=args.epochs or profile["epochs"], seed=args.seed, warmup_steps=args.warmup_steps,
         target_acc=args.target_acc, repeats=args.repeats, infer_batch_sizes=tuple(args.infer_batch_sizes),
         infer_iters=profile["infer_iters"], workers=args.workers, progress=not args.no_progress,
-        reference_steps=profile["reference_steps"])
+        reference_steps=profile["reference_steps"],
+        robustness=ROBUSTNESS_DEFAULT[profile_name] if args.robustness is None else args.robustness)
     try:
         check = check_dataset(root, cfg.train_ids + cfg.val_ids, progress=cfg.progress)
     except KeyboardInterrupt:
         print("\ninterrupted during the data check, before the run started; nothing was written", file=sys.stderr)
         return 130
     check.raise_if_broken()  # a DatasetError: exit code 2 (bench/cli.py), before any training
+    seeds = list(dict.fromkeys(args.seeds or [args.seed]))
     settings = {"epochs": cfg.epochs, "profile": profile_name, "seed": args.seed, "data": check.fingerprint,
                 "split": split_fingerprint(split), "code": code_version()}
     ctx = RunContext()
@@ -81,9 +88,9 @@ def run(args) -> int:
     run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841 (held until run() returns)
     try:
         fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
-        print(f"{len(variants)} variants, profile {profile_name}, {len(cfg.train_ids)} train / {len(cfg.val_ids)} val "
+        print(f"{len(variants)} variants x {len(seeds)} seeds, profile {profile_name}, {len(cfg.train_ids)} train / {len(cfg.val_ids)} val "
               f"samples, {cfg.epochs} epochs on {device}; writing {run_dir}")
-        failures = run_matrix(variants, cfg, run_dir, fingerprint, resume=bool(args.resume), ctx=ctx)
+        failures = run_matrix(variants, cfg, run_dir, fingerprint, resume=bool(args.resume), ctx=ctx, seeds=seeds)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the folder holds a valid report and can be resumed
         write_report(run_dir)
         print(f"\ninterrupted: the variants that finished are in {run_dir}; continue with --resume {run_dir}")
