@@ -4,6 +4,7 @@ from contextlib import nullcontext
 
 import torch
 
+from bench import distributed
 from bench.config import RunConfig
 from bench.variants import Variant
 from models import build_model
@@ -39,6 +40,12 @@ class Trainer:
         self.memory_format = memory_format(variant)
         self.model = build_model(variant.arch, variant.downsample).to(self.device, memory_format=self.memory_format)
         self.forward = torch.compile(self.model, mode=variant.compile_mode) if variant.compiled else self.model
+        self.world_size = cfg.world_size
+        if cfg.world_size > 1:  # DDP first, then the compiled wrapper; evaluation keeps the plain model,
+            # since DDP's forward broadcasts buffers: a collective every rank would have to join
+            self.eval_forward = self.forward
+            ddp = distributed.wrap(self.model, self.device)
+            self.forward = torch.compile(ddp, mode=variant.compile_mode) if variant.compiled else ddp
         self.cudagraphs = variant.compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
         self.optimizer, self.optimizer_name = adam(self.model.parameters(), cfg.lr, self.device)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
@@ -55,8 +62,9 @@ class Trainer:
     def logits(self, rgb, lidar):
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
+        forward = self.eval_forward if self.world_size > 1 and not self.model.training else self.forward
         with self.autocast():
-            return self.forward(*self.inputs(rgb, lidar))
+            return forward(*self.inputs(rgb, lidar))
 
     def step(self, rgb, lidar, label) -> torch.Tensor:
         """One optimiser step; returns the loss on the device (detached, no copy: it is computed
@@ -74,7 +82,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader) -> tuple[float, float]:
-        """(val_loss as the mean of batch losses, accuracy %), as the seed computed them."""
+        """(val_loss as the mean of batch losses, accuracy %), as the seed computed them; over
+        every rank's shard under torchrun."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -85,4 +94,8 @@ class Trainer:
             correct += (logits.argmax(dim=1) == label).sum()
             batches, total = batches + 1, total + len(label)
         self.model.train()
+        if self.world_size > 1:
+            sums = distributed.reduce_sums({"loss": loss_sum, "correct": correct, "batches": batches, "total": total},
+                                           self.device)
+            return sums["loss"] / sums["batches"], 100.0 * sums["correct"] / sums["total"]
         return loss_sum.item() / batches, 100.0 * correct.item() / total

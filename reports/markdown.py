@@ -92,12 +92,12 @@ def seed_pipeline_table(ok: pd.DataFrame) -> str:
               & (ok["memory_format"] == "contiguous")]
     if seed.empty or len(seed) == len(ok):
         return ""
-    key = ["arch", "downsample", "batch_size"]
-    base = seed[key + ["train_samples_per_s"]].drop_duplicates(key).rename(columns={"train_samples_per_s": "seed"})
+    key = ["arch", "downsample", "batch_size"] + [k for k in ("seed", "world_size") if k in ok]
+    base = seed[key + ["train_samples_per_s"]].drop_duplicates(key).rename(columns={"train_samples_per_s": "pipeline"})
     rows = ok.merge(base, on=key)
     table = pd.DataFrame({"variant": rows["variant"], "loader": rows["loader"],
                           "train samples/s": rows["train_samples_per_s"],
-                          "speed-up over the seed's pipeline": rows["train_samples_per_s"] / rows["seed"],
+                          "speed-up over the seed's pipeline": rows["train_samples_per_s"] / rows["pipeline"],
                           "data wait %": 100 * rows["data_wait_share"]})
     return _fmt(table, {"train samples/s": 0, "speed-up over the seed's pipeline": 2, "data wait %": 1}).to_markdown(index=False)
 
