@@ -246,6 +246,8 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     _mark(ctx, f"{variant.name}:inference")
     last = runs[-1]
     inference = _inference(last.trainer, last.val_loader, variant, cfg) if cfg.infer_iters > 0 else []
+    if cfg.robustness:
+        _mark(ctx, f"{variant.name}:robustness")
     robustness = _robustness(last, variant, cfg) if cfg.robustness else []
     peak = memory.read_peak(cfg.device)
     dynamo = _dynamo_counts()  # before the reference loop, which compiles a model of its own

@@ -40,10 +40,10 @@ class Trainer:
         self.memory_format = memory_format(variant)
         self.model = build_model(variant.arch, variant.downsample).to(self.device, memory_format=self.memory_format)
         self.forward = torch.compile(self.model, mode=variant.compile_mode) if variant.compiled else self.model
-        self.world_size = cfg.world_size
-        if cfg.world_size > 1:  # DDP first, then the compiled wrapper; evaluation keeps the plain model,
-            # since DDP's forward broadcasts buffers: a collective every rank would have to join
-            self.eval_forward = self.forward
+        # evaluation never goes through DDP: its forward broadcasts buffers, a collective every rank
+        # would have to join, and evaluation needs no gradient sync
+        self.eval_forward, self.world_size = self.forward, cfg.world_size
+        if cfg.world_size > 1:  # DDP first, then torch.compile of the wrapped model
             ddp = distributed.wrap(self.model, self.device)
             self.forward = torch.compile(ddp, mode=variant.compile_mode) if variant.compiled else ddp
         self.cudagraphs = variant.compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
@@ -62,7 +62,7 @@ class Trainer:
     def logits(self, rgb, lidar):
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
-        forward = self.eval_forward if self.world_size > 1 and not self.model.training else self.forward
+        forward = self.forward if self.model.training else self.eval_forward
         with self.autocast():
             return forward(*self.inputs(rgb, lidar))
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from bench.options import PROFILES, ROBUSTNESS_DEFAULT, add_data_args, add_matrix_args, csv_list, default_profile, matrix, positive, resolve_device
+from bench.options import (PROFILES, ROBUSTNESS_DEFAULT, add_data_args, add_matrix_args, csv_list, default_profile, matrix,
+                           positive, resolve_device)
 
 
 def add_parser(sub) -> None:
