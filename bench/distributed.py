@@ -17,13 +17,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Sampler
-
-from loaders.order import epoch_order
 
 
 @dataclass(frozen=True)
@@ -92,42 +88,14 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
-    """The contiguous slice [start, stop) of an n-sample order that a rank reads, as DALI's readers
-    split it (loaders/dali_loader.py shard_bounds)."""
-    return rank * n // world, (rank + 1) * n // world
-
-
-def shard_order(order: np.ndarray, rank: int, world: int, even: bool = True) -> np.ndarray:
-    """This rank's part of an epoch order shared by all ranks. even=True (training) first drops
-    the order's last n % world positions, as DistributedSampler(drop_last=True) does, so every
-    rank gets n // world samples and runs the same number of steps (a rank with one step more
-    would wait forever in DDP's all-reduce). even=False (evaluation) keeps every sample once."""
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not in a world of {world}")
-    if even:
-        order = order[:len(order) // world * world]
-    start, stop = shard_bounds(len(order), rank, world)
-    return order[start:stop]
-
-
-class ShardSampler(Sampler):
-    """loaders.order.EpochSampler for one rank: the shared epoch permutation, this rank's slice."""
-
-    def __init__(self, n: int, seed: int, rank: int, world: int, shuffle: bool = True, even: bool = True):
-        self.n, self.seed, self.rank, self.world, self.shuffle, self.even = n, seed, rank, world, shuffle, even
-        self.epoch = 0
-
-    def order(self, epoch: int) -> np.ndarray:
-        return shard_order(epoch_order(self.n, self.seed, epoch, self.shuffle), self.rank, self.world, self.even)
-
-    def __len__(self) -> int:
-        return len(self.order(0))
-
-    def __iter__(self):
-        order = self.order(self.epoch)
-        self.epoch += 1
-        return iter(order.tolist())
+def min_over_ranks(value: int, device: torch.device) -> int:
+    """The smallest value over ranks: the step count every rank can run (a rank with one step
+    more would wait forever in DDP's all-reduce)."""
+    if world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
 
 
 def reduce_sums(values: dict, device: torch.device) -> dict:

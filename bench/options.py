@@ -28,6 +28,9 @@ PROFILES = {
     "seed": {"epochs": 20, "batch_size": [32], "loader": ["torch"], "train_limit": None, "val_limit": None,
              "infer_iters": 50, "reference_steps": 200, "pipeline_epochs": None},
 }
+# --robustness default per profile: evaluating the 12 conditions costs ~7-8 validation passes,
+# ~4 % of a seed-profile run (CPU, add), so it is on wherever the run is a full study.
+ROBUSTNESS_DEFAULT = {"quick": False, "gpu": True, "seed": True}
 
 
 def default_profile(device_type: str) -> str:

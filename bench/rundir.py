@@ -17,6 +17,8 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+import pandas as pd
+
 from reports.results import (CURVE_COLUMNS, CURVES, ENV, INFERENCE, INFERENCE_COLUMNS, RESULT_COLUMNS, RESULTS,
                              append_rows, read_env, read_table, write_env)
 
@@ -113,14 +115,19 @@ def open_run_dir(run_dir: Path, settings: dict, env: dict, resume: bool = False,
 def drop_unfinished_rows(run_dir: Path) -> None:
     """Removes curve and inference rows of variants without a results row (a run stopped between
     writing them and its result row), so the resumed re-run does not add a second copy."""
-    finished = set(read_table(run_dir / RESULTS).get("variant", []))
+    results = read_table(run_dir / RESULTS)
     for name, columns in ((CURVES, CURVE_COLUMNS), (INFERENCE, INFERENCE_COLUMNS)):
         table = read_table(run_dir / name, key=None)
-        if table.empty or table["variant"].isin(finished).all():
+        if table.empty:
+            continue
+        key = [k for k in ("variant", "seed") if k in table and k in results]  # (variant, seed) since --seeds
+        kept = table[pd.MultiIndex.from_frame(table[key]).isin(pd.MultiIndex.from_frame(results[key]))] if len(results) \
+            else table.iloc[:0]
+        if len(kept) == len(table):
             continue
         temporary = run_dir / f"{name}.tmp"
         temporary.unlink(missing_ok=True)
-        append_rows(temporary, table[table["variant"].isin(finished)].to_dict("records"), columns)
+        append_rows(temporary, kept.to_dict("records"), columns)
         os.replace(temporary, run_dir / name)
 
 

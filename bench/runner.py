@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bench import distributed
 from bench.config import RunConfig, RunContext
 from bench.instruments import memory, mfu
 from bench.instruments.timing import Clock, StepTimes, percentiles, rate, time_calls
@@ -36,6 +37,7 @@ class VariantResult:
     row: dict
     curves: list[dict]
     inference: list[dict]
+    robustness: list[dict] = field(default_factory=list)  # a row per bench.robustness condition
 
 
 @dataclass
@@ -79,10 +81,12 @@ def _loader(variant: Variant, cfg: RunConfig, ctx: RunContext, ids: list[str], t
     if _loader_kernels(variant, cfg):
         options["input_prep_kernel"] = True
     loader = make_loader(variant.loader, cfg.data_root, ids, batch_size=variant.batch_size, shuffle=train,
-                         drop_last=True, seed=cfg.seed, device=cfg.device, workers=cfg.workers, **options)
+                         drop_last=True, seed=cfg.seed, device=cfg.device, workers=cfg.workers,
+                         rank=cfg.rank, world=cfg.world_size, **options)
     if len(loader) == 0:
         split = "train" if train else "val"
-        raise ValueError(f"the {split} split has {len(ids)} samples, fewer than --batch-size {variant.batch_size}")
+        raise ValueError(f"the {split} split has {len(ids)} samples, fewer than --batch-size {variant.batch_size}"
+                         + (f" on each of {cfg.world_size} ranks" if cfg.world_size > 1 else ""))
     return loader
 
 
@@ -92,11 +96,20 @@ def _loader_kernels(variant: Variant, cfg: RunConfig) -> list[str]:
     return ["input_prep"] if variant.loader == "dali" and use_kernel("input_prep", cfg.device, cfg.kernels) else []
 
 
-def _train_epoch(run: TrainingRun, loader, times: StepTimes, cfg: RunConfig, desc: str) -> tuple[torch.Tensor, float | None]:
-    """One epoch of timed steps; returns each step's loss (kept on the device: no copy or sync per
-    step) and the start of this epoch's steady window, its first step past the warm-up."""
+def _global_rate(ms: np.ndarray, batch_size: int, cfg: RunConfig) -> float:
+    """samples/s of the timed steps: under torchrun all ranks' samples over the slowest rank's time."""
+    if cfg.world_size == 1:
+        return rate(ms, batch_size)
+    return distributed.global_samples_per_s(len(ms) * batch_size, float(ms.sum()) / 1000, cfg.device)
+
+
+def _train_epoch(run: TrainingRun, loader, times: StepTimes, cfg: RunConfig, desc: str,
+                 max_steps: int) -> tuple[torch.Tensor, float | None]:
+    """One epoch of at most `max_steps` timed steps (the same on every rank); returns each step's
+    loss (kept on the device: no copy or sync per step) and the start of this epoch's steady
+    window, its first step past the warm-up."""
     trainer, clock = run.trainer, times.clock
-    losses = torch.zeros(len(loader), device=cfg.device)
+    losses = torch.zeros(max_steps, device=cfg.device)
     steps = 0
     batches = iter(tqdm(loader, desc=desc, unit="step", disable=not cfg.progress, leave=False))
     frames_before = steady_start = None
@@ -106,6 +119,8 @@ def _train_epoch(run: TrainingRun, loader, times: StepTimes, cfg: RunConfig, des
             frames_before = _dynamo_counts()["frames"]
             if run.warmup_window is None:
                 run.warmup_window = (run.t_start, steady_start)
+        if steps == max_steps:
+            break
         start = clock.mark()
         try:
             rgb, lidar, label = next(batches)
@@ -129,10 +144,11 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
     times = StepTimes(Clock(cfg.device))
     run = TrainingRun(trainer, val_loader, t_start=time.perf_counter())
     data_ms, compute_ms = [], []
+    max_steps = distributed.min_over_ranks(len(train_loader), cfg.device) if cfg.world_size > 1 else len(train_loader)
     epochs = tqdm(range(cfg.epochs), desc=variant.name, unit="epoch", disable=not cfg.progress, leave=False)
     for epoch in epochs:
         t_epoch = time.perf_counter()
-        losses, steady_start = _train_epoch(run, train_loader, times, cfg, f"epoch {epoch}")
+        losses, steady_start = _train_epoch(run, train_loader, times, cfg, f"epoch {epoch}", max_steps)
         epoch_data, epoch_compute = times.collect()  # synchronises: the epoch's work is done
         _check_finite(losses, epoch)
         steps = len(losses)
@@ -142,7 +158,7 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
         skip = max(cfg.warmup_steps - sum(len(d) for d in data_ms), 0)
         data_ms.append(epoch_data)
         compute_ms.append(epoch_compute)
-        epoch_sps = rate((epoch_data + epoch_compute)[skip:], variant.batch_size)
+        epoch_sps = _global_rate((epoch_data + epoch_compute)[skip:], variant.batch_size, cfg)
         if not math.isnan(epoch_sps):
             run.epoch_sps.append(epoch_sps)
         lr = float(trainer.optimizer.param_groups[0]["lr"])  # a tensor on the device under --compile-mode step
@@ -155,8 +171,10 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
         elapsed = t_done - run.t_start
         if math.isnan(run.time_to_target) and accuracy >= cfg.target_acc:
             run.time_to_target = elapsed
-        run.curves.append({"variant": variant.name, "repeat": repeat, "epoch": epoch,
-                           "train_loss": losses.sum().item() / max(steps, 1), "val_loss": val_loss, "accuracy": accuracy,
+        train_loss = distributed.reduce_sums({"sum": losses.sum(), "steps": steps}, cfg.device) \
+            if cfg.world_size > 1 else {"sum": losses.sum().item(), "steps": steps}
+        run.curves.append({"variant": variant.name, "seed": cfg.seed, "repeat": repeat, "epoch": epoch,
+                           "train_loss": train_loss["sum"] / max(train_loss["steps"], 1), "val_loss": val_loss, "accuracy": accuracy,
                            "lr": lr, "epoch_s": t_eval - t_epoch, "eval_s": t_done - t_eval,
                            "train_samples_per_s": epoch_sps, "elapsed_s": elapsed})
         epochs.set_postfix(acc=f"{accuracy:.1f}", loss=f"{val_loss:.4f}")
@@ -187,7 +205,7 @@ def _inference(trainer: Trainer, val_loader, variant: Variant, cfg: RunConfig) -
         for batch_size in (b for b in batch_sizes if b <= len(rgb_all)):
             rgb, lidar = rgb_all[:batch_size], lidar_all[:batch_size]
             ms = time_calls(lambda: trainer.logits(rgb, lidar), cfg.infer_iters, cfg.device, warmup=3)
-            rows.append({"variant": variant.name, "batch_size": batch_size, "samples_per_s": rate(ms, batch_size),
+            rows.append({"variant": variant.name, "seed": cfg.seed, "batch_size": batch_size, "samples_per_s": rate(ms, batch_size),
                          **{f"ms_{k}": v for k, v in percentiles(ms).items()}})
     trainer.model.train()
     return rows
@@ -237,6 +255,9 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     _mark(ctx, f"{variant.name}:inference")
     last = runs[-1]
     inference = _inference(last.trainer, last.val_loader, variant, cfg) if cfg.infer_iters > 0 else []
+    if cfg.robustness:
+        _mark(ctx, f"{variant.name}:robustness")
+    robustness = _robustness(last, variant, cfg) if cfg.robustness else []
     peak = memory.read_peak(cfg.device)
     dynamo = _dynamo_counts()  # before the reference loop, which compiles a model of its own
     _mark(ctx, f"{variant.name}:reference")
@@ -245,7 +266,31 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     row = summarise(variant, cfg, runs, inference, dynamo, reference_sps)
     row.update(peak)
     row.update(_nvml_columns(last, cfg, ctx))
-    return VariantResult(row, [c for r in runs for c in r.curves], inference)
+    return VariantResult(row, [c for r in runs for c in r.curves], inference, robustness)
+
+
+def _robustness(run: TrainingRun, variant: Variant, cfg: RunConfig) -> list[dict]:
+    """The last trained model's validation accuracy under each sensor degradation (eval mode,
+    the validation loader's order, one generator per condition seeded with the run's seed)."""
+    from bench.robustness import CONDITIONS, evaluate_robustness
+    trainer = run.trainer
+    trainer.model.eval()
+    try:
+        rows = evaluate_robustness(trainer.logits, run.val_loader, CONDITIONS, cfg.device, seed=cfg.seed)
+    finally:
+        trainer.model.train()
+    if cfg.world_size > 1:
+        rows = [_reduce_condition(row, variant.batch_size, cfg) for row in rows]
+    return [{"variant": variant.name, "seed": cfg.seed, **row} for row in rows]
+
+
+def _reduce_condition(row: dict, batch_size: int, cfg: RunConfig) -> dict:
+    """A robustness row over every rank's validation shard (its batches are full: drop_last)."""
+    sums = distributed.reduce_sums({"correct": row["accuracy"] * row["samples"] / 100,
+                                    "loss": row["val_loss"] * row["samples"] / batch_size,
+                                    "samples": row["samples"]}, cfg.device)
+    return {**row, "accuracy": 100.0 * sums["correct"] / sums["samples"],
+            "val_loss": sums["loss"] * batch_size / sums["samples"], "samples": int(sums["samples"])}
 
 
 def _mark(ctx: RunContext, label: str) -> None:
@@ -260,7 +305,7 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
     data_ms = np.concatenate([r.data_ms[w:] for r in runs])
     compute_ms = np.concatenate([r.compute_ms[w:] for r in runs])
     step_ms = data_ms + compute_ms
-    repeat_sps = [rate(r.data_ms[w:] + r.compute_ms[w:], variant.batch_size) for r in runs if len(r.data_ms) > w]
+    repeat_sps = [_global_rate(r.data_ms[w:] + r.compute_ms[w:], variant.batch_size, cfg) for r in runs if len(r.data_ms) > w]
     windows = repeat_sps if cfg.repeats > 1 else last.epoch_sps
     train_sps = float(np.mean(repeat_sps)) if repeat_sps else math.nan
     flops = _flops_per_sample(last.trainer)
@@ -270,7 +315,7 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
     curves = [c for r in runs for c in r.curves]
     compiled = variant.compiled
     return {
-        **variant.settings(), "status": "ok", "error": "", "epochs": cfg.epochs, "repeats": cfg.repeats,
+        **variant.settings(), "seed": cfg.seed, "world_size": cfg.world_size, "status": "ok", "error": "", "epochs": cfg.epochs, "repeats": cfg.repeats,
         "train_samples": len(cfg.train_ids), "val_samples": len(cfg.val_ids), "loader_form": last.val_loader.form,
         "optimizer": last.trainer.optimizer_name, "params": count_parameters(last.trainer.model),
         "params_stored": count_stored_parameters(last.trainer.model),
@@ -291,7 +336,7 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
         "target_acc": cfg.target_acc, "time_to_target_s": last.time_to_target,
         "final_train_loss": last.curves[-1]["train_loss"], "flops_per_sample": flops,
         "mfu": mfu.mfu(flops, train_sps, gpu_name, _peak_precision(variant)) if gpu_name else None,
-        "samples_trained": sum(r.samples for r in runs),
+        "samples_trained": sum(r.samples for r in runs) * cfg.world_size,  # every rank trains an equal shard
         "kernels": ",".join(last.trainer.kernels + _loader_kernels(variant, cfg)), "note": last.trainer.note,
     }
 

@@ -4,6 +4,7 @@ from contextlib import nullcontext
 
 import torch
 
+from bench import distributed
 from bench.config import RunConfig
 from bench.step_capture import capturable_adam, fallback_reason, make_step
 from bench.variants import Variant
@@ -46,9 +47,18 @@ class Trainer:
             fuse_relu_maxpool(self.model)
             self.kernels.append("relu_maxpool")
         self.whole_step = variant.compile_mode == "step"
+        if self.whole_step and cfg.world_size > 1:
+            raise ValueError("--compile-mode step captures one process's step; under torchrun DDP's all-reduce "
+                             "would run inside the captured graph: use --compile-mode default or reduce-overhead")
         # step: no cudagraph trees inside the whole-step graph, so the model compiles in mode default
         mode = "default" if self.whole_step else variant.compile_mode
         self.forward = torch.compile(self.model, mode=mode) if variant.compiled else self.model
+        # evaluation never goes through DDP: its forward broadcasts buffers, a collective every rank
+        # would have to join, and evaluation needs no gradient sync
+        self.eval_forward, self.world_size = self.forward, cfg.world_size
+        if cfg.world_size > 1:  # DDP first, then torch.compile of the wrapped model
+            ddp = distributed.wrap(self.model, self.device)
+            self.forward = torch.compile(ddp, mode=mode) if variant.compiled else ddp
         self.cudagraphs = variant.compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
         if self.whole_step:
             self.optimizer = capturable_adam(self.model.parameters(), cfg.lr, self.device)
@@ -71,8 +81,9 @@ class Trainer:
     def logits(self, rgb, lidar):
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
+        forward = self.forward if self.model.training else self.eval_forward
         with self.autocast():
-            return self.forward(*self.inputs(rgb, lidar))
+            return forward(*self.inputs(rgb, lidar))
 
     def step(self, rgb, lidar, label) -> torch.Tensor:
         """One optimiser step; returns the loss on the device (detached, no copy: it is computed
@@ -101,7 +112,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader) -> tuple[float, float]:
-        """(val_loss as the mean of batch losses, accuracy %), as the seed computed them."""
+        """(val_loss as the mean of batch losses, accuracy %), as the seed computed them; over
+        every rank's shard under torchrun."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -112,4 +124,8 @@ class Trainer:
             correct += (logits.argmax(dim=1) == label).sum()
             batches, total = batches + 1, total + len(label)
         self.model.train()
+        if self.world_size > 1:
+            sums = distributed.reduce_sums({"loss": loss_sum, "correct": correct, "batches": batches, "total": total},
+                                           self.device)
+            return sums["loss"] / sums["batches"], 100.0 * sums["correct"] / sums["total"]
         return loss_sum.item() / batches, 100.0 * correct.item() / total

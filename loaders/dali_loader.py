@@ -52,16 +52,11 @@ except ImportError as error:
     ) from error
 
 from loaders.dataset import DatasetError, angle_tables, label_of, prepare_batch, sample_files
-from loaders.order import epoch_order
+from loaders.order import epoch_order, shard_bounds
 from loaders.prepare import find_prepared, open_prepared
 
 READER = "rgb_reader"
 OUTPUTS = ["rgba", "depth", "label"]
-
-
-def shard_bounds(n: int, shard_id: int, num_shards: int) -> tuple[int, int]:
-    """The slice of an epoch's order that shard `shard_id` reads, as DALI's readers split it."""
-    return shard_id * n // num_shards, (shard_id + 1) * n // num_shards
 
 
 @pipeline_def

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from loaders.dataset import angle_tables, depth_to_xyza, read_sample, rgba_to_float
-from loaders.order import epoch_order
+from loaders.order import epoch_order, shard_order
 
 
 def decode_split(root: str | Path, sample_ids: list[str], workers: int = 4, progress: bool = False) -> dict:
@@ -54,12 +54,13 @@ class ResidentLoader:
     form = "resident"
 
     def __init__(self, root, sample_ids, batch_size=32, shuffle=True, drop_last=True, seed=42,
-                 device="cpu", workers=4, tensors: dict | None = None):
+                 device="cpu", workers=4, tensors: dict | None = None, rank=0, world=1):
         self.device = torch.device(device)
         tensors = tensors if tensors is not None else decode_split(root, sample_ids, workers)
         self.rgb, self.lidar, self.label = model_inputs(tensors, self.device)
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
-        self.num_samples = len(sample_ids)
+        self.rank, self.world = rank, world
+        self.num_samples = len(self.order(0))  # this rank's shard (the whole split on one process)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -67,8 +68,9 @@ class ResidentLoader:
         return full if self.drop_last or rest == 0 else full + 1
 
     def order(self, epoch: int) -> torch.Tensor:
-        """The sample order of an epoch, shared with the other loaders (loaders.order)."""
-        return torch.from_numpy(epoch_order(self.num_samples, self.seed, epoch, self.shuffle)).to(self.device)
+        """This rank's part of an epoch's sample order, shared with the other loaders (loaders.order)."""
+        order = epoch_order(len(self.label), self.seed, epoch, self.shuffle)
+        return torch.from_numpy(shard_order(order, self.rank, self.world, even=self.shuffle)).to(self.device)
 
     def batch(self, index: torch.Tensor):
         """One gather per tensor (index_select: on CPU ~10x faster than t[index])."""

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from loaders.dataset import DatasetError, depth_to_xyza, load_angles, open_rgba, read_depth, sample_files
-from loaders.order import EpochSampler
+from loaders.order import EpochSampler, ShardSampler
 
 
 class FusionDataset(Dataset):
@@ -68,21 +68,22 @@ class TorchLoader:
     form = "png"
 
     def __init__(self, root, sample_ids, batch_size=32, shuffle=True, drop_last=True, seed=42,
-                 device="cpu", workers=2):
+                 device="cpu", workers=2, rank=0, world=1):
         self.device = torch.device(device)
         generator = torch.Generator()
         generator.manual_seed(seed)
         self.loader = DataLoader(
             FusionDataset(root, sample_ids),
             batch_size=batch_size,
-            sampler=EpochSampler(len(sample_ids), seed, shuffle),
+            sampler=ShardSampler(len(sample_ids), seed, rank, world, shuffle, even=shuffle) if world > 1
+            else EpochSampler(len(sample_ids), seed, shuffle),
             drop_last=drop_last,
             num_workers=workers,
             worker_init_fn=seed_worker,
             generator=generator,
             pin_memory=self.device.type == "cuda",
         )
-        self.num_samples = len(sample_ids)
+        self.num_samples = len(self.loader.sampler)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -16,13 +16,11 @@ networks are equal. Welch's t-test p-value is given beside it for the finer read
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from reports.results import RESULTS
 
 METRICS = ("accuracy", "val_loss", "time_to_target_s", "train_samples_per_s")
 LABELS = {"accuracy": "accuracy %", "val_loss": "val_loss", "time_to_target_s": "time to target s",
@@ -52,18 +50,6 @@ def interval(values, method: str = "t", confidence: float = CONFIDENCE) -> tuple
     else:
         raise ValueError(f"interval method must be 't' or 'bootstrap', got {method!r}")
     return mean, float(low), float(high), n
-
-
-def seed_rows(run_dir: str | Path) -> pd.DataFrame:
-    """The ok rows of results.csv, the last row per (variant, seed) winning (a resumed run re-ran it)."""
-    path = Path(run_dir) / RESULTS
-    if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame()
-    table = pd.read_csv(path)
-    if "seed" not in table:
-        raise ValueError(f"{path} has no seed column (written before --seeds existed?)")
-    table = table.drop_duplicates(["variant", "seed"], keep="last")
-    return table[table["status"] == "ok"].reset_index(drop=True)
 
 
 def summarize_seeds(rows: pd.DataFrame, metrics=METRICS, method: str = "t") -> pd.DataFrame:

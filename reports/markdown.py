@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from reports.intervals import seeds_section
 from reports.results import CURVES, INFERENCE, RESULTS, read_env, read_table
+from reports.robustness_report import ROBUSTNESS, robustness_section
 
 MEMORY_LABELS = {"cuda_max_allocated": "peak mem MB (CUDA max allocated)", "process_peak_rss": "peak mem MB (process peak RSS)"}
 
@@ -22,7 +24,7 @@ def seed_table(ok: pd.DataFrame) -> str:
     """The seed study's columns, one row per variant; memory labelled with what it measured."""
     parts = []
     for kind, group in ok.groupby("peak_mem_kind", sort=False):
-        table = group[["variant", "epochs", "val_loss", "accuracy", "params", "sec_per_epoch", "peak_mem_mb"]].rename(
+        table = group[["variant", *(["seed"] if _several(ok, "seed") else []), "epochs", "val_loss", "accuracy", "params", "sec_per_epoch", "peak_mem_mb"]].rename(
             columns={"accuracy": "accuracy %", "sec_per_epoch": "sec/epoch", "peak_mem_mb": MEMORY_LABELS.get(kind, kind)})
         table = _fmt(table, {"val_loss": 6, "accuracy %": 2, "params": 0, "sec/epoch": 2, MEMORY_LABELS.get(kind, kind): 1})
         parts.append(table.to_markdown(index=False))
@@ -100,12 +102,12 @@ def seed_pipeline_table(ok: pd.DataFrame) -> str:
               & (ok["memory_format"] == "contiguous") & (ok.get("channels", "seed") == "seed")]
     if seed.empty or len(seed) == len(ok):
         return ""
-    key = ["arch", "downsample", "batch_size"]
-    base = seed[key + ["train_samples_per_s"]].drop_duplicates(key).rename(columns={"train_samples_per_s": "seed"})
+    key = ["arch", "downsample", "batch_size"] + [k for k in ("seed", "world_size") if k in ok]
+    base = seed[key + ["train_samples_per_s"]].drop_duplicates(key).rename(columns={"train_samples_per_s": "pipeline"})
     rows = ok.merge(base, on=key)
     table = pd.DataFrame({"variant": rows["variant"], "loader": rows["loader"],
                           "train samples/s": rows["train_samples_per_s"],
-                          "speed-up over the seed's pipeline": rows["train_samples_per_s"] / rows["seed"],
+                          "speed-up over the seed's pipeline": rows["train_samples_per_s"] / rows["pipeline"],
                           "data wait %": 100 * rows["data_wait_share"]})
     return _fmt(table, {"train samples/s": 0, "speed-up over the seed's pipeline": 2, "data wait %": 1}).to_markdown(index=False)
 
@@ -124,6 +126,37 @@ def nvml_overhead_line(env: dict) -> str:
         line += (f" The interval is {o['ci95_width_pct']:.2f} points wide, wider than the {o['target_width_pct']:g} "
                  "point target: the overhead is not resolved to that precision.")
     return line
+
+
+def _several(table: pd.DataFrame, column: str) -> bool:
+    """Whether the rows hold more than one value of `column` (seed, world_size)."""
+    return column in table and table[column].nunique() > 1
+
+
+def seeds_rows(ok: pd.DataFrame) -> pd.DataFrame:
+    """The rows the seeds section summarises: those of the run's own world size (a --scaling run
+    also holds one-GPU rows of the same seeds), when some variant has more than one seed."""
+    if "seed" not in ok or ok["seed"].isna().all():
+        return pd.DataFrame()
+    if "world_size" in ok:
+        ok = ok[ok["world_size"] == ok["world_size"].max()]
+    return ok if ok.groupby("variant")["seed"].nunique().max() > 1 else pd.DataFrame()
+
+
+def scaling_table(ok: pd.DataFrame) -> str:
+    """Training throughput per world size beside one process's, and the scaling efficiency
+    (samples/s on N / (N x samples/s on 1)), per variant and seed measured both ways."""
+    if not _several(ok, "world_size"):
+        return ""
+    key = ["variant", "seed"]
+    one = ok[ok["world_size"] == 1][key + ["train_samples_per_s"]].rename(columns={"train_samples_per_s": "one"})
+    rows = ok[ok["world_size"] > 1].merge(one, on=key)
+    if rows.empty:
+        return ""
+    table = pd.DataFrame({"variant": rows["variant"], "seed": rows["seed"], "processes": rows["world_size"],
+                          "train samples/s": rows["train_samples_per_s"], "one process samples/s": rows["one"],
+                          "scaling efficiency": rows["train_samples_per_s"] / (rows["world_size"] * rows["one"])})
+    return _fmt(table, {"train samples/s": 0, "one process samples/s": 0, "scaling efficiency": 2}).to_markdown(index=False)
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -164,6 +197,17 @@ def write_report(run_dir: str | Path) -> Path:
             if notes:
                 lines += ["## Kernels and notes", "", notes, ""]
             lines += ["## Energy and utilisation", "", energy_table(ok), ""]
+            seeds = seeds_rows(ok)
+            if not seeds.empty:
+                lines += [seeds_section(seeds)]
+            scaling = scaling_table(ok)
+            if scaling:
+                lines += ["## Scaling over processes", "", "Scaling efficiency = training samples/s on N processes "
+                          "(all ranks' samples over the slowest rank's time) / (N x one process's samples/s), "
+                          "measured in this run by --scaling.", "", scaling, ""]
+        robustness = read_table(run_dir / ROBUSTNESS, key=None)
+        if not robustness.empty:
+            lines += [robustness_section(robustness)]
         inference = read_table(run_dir / INFERENCE, key=None)
         if not inference.empty:
             lines += ["## Inference", "", _fmt(inference, {"samples_per_s": 0, "ms_p50": 3, "ms_p90": 3, "ms_p99": 3})

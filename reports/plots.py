@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reports.results import CURVES, RESULTS, read_table  # noqa: E402
+from reports.robustness_report import ROBUSTNESS, write_robustness_plot  # noqa: E402
 
 NVML = "nvml.csv"
 
@@ -107,7 +108,10 @@ def plot_nvml(nvml: pd.DataFrame, path: Path) -> Path:
 
 def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for variant, group in curves[curves["repeat"] == curves["repeat"].max()].groupby("variant", sort=False):
+    last = curves["repeat"] == curves["repeat"].max()
+    if "seed" in curves:  # several seeds: the first seed's curves
+        last &= curves["seed"] == curves["seed"].iloc[0]
+    for variant, group in curves[last].groupby("variant", sort=False):
         ax.plot(group["epoch"], group["accuracy"], marker="o", label=variant)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -137,4 +141,7 @@ def write_plots(run_dir: str | Path) -> list[Path]:
     curves = read_table(run_dir / CURVES, key=None)
     if not curves.empty:
         written.append(plot_curves(curves, out / "accuracy.png"))
+    robustness = read_table(run_dir / ROBUSTNESS, key=None)
+    if not robustness.empty:
+        written.append(write_robustness_plot(robustness, out))
     return written

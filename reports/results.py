@@ -20,7 +20,7 @@ import pandas as pd
 SETTINGS = ["variant", "arch", "downsample", "precision", "compile_mode", "memory_format", "batch_size", "loader", "channels"]
 FINGERPRINT = ["hardware", "device", "gpu_name", "driver", "cuda", "torch", "dali", "python", "cpu_model"]
 RESULT_COLUMNS = SETTINGS + [
-    "status", "error", "epochs", "repeats", "train_samples", "val_samples", "loader_form", "optimizer", "params",
+    "seed", "world_size", "status", "error", "epochs", "repeats", "train_samples", "val_samples", "loader_form", "optimizer", "params",
     "params_stored",
     "val_loss", "accuracy", "sec_per_epoch", "first_epoch_s",
     "train_samples_per_s", "train_samples_per_s_std",
@@ -35,9 +35,9 @@ RESULT_COLUMNS = SETTINGS + [
     "throttled_share", "throttled",
     "samples_trained", "kernels", "note",
 ] + FINGERPRINT
-CURVE_COLUMNS = ["variant", "repeat", "epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_s", "eval_s",
+CURVE_COLUMNS = ["variant", "seed", "repeat", "epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_s", "eval_s",
                  "train_samples_per_s", "elapsed_s"]
-INFERENCE_COLUMNS = ["variant", "batch_size", "samples_per_s", "ms_p50", "ms_p90", "ms_p99"]
+INFERENCE_COLUMNS = ["variant", "seed", "batch_size", "samples_per_s", "ms_p50", "ms_p90", "ms_p99"]
 LOADER_COLUMNS = ["loader", "form", "batch_size", "workers", "device", "epochs", "samples", "samples_per_s",
                   "batch_ms_p50", "batch_ms_p99", "first_epoch_s", "host_peak_rss_mb", "torch_device_peak_mb",
                   "ratio_to_torch", "status", "error"]
@@ -98,9 +98,13 @@ def append_rows(path: str | Path, rows: list[dict], columns: list[str]) -> None:
         os.fsync(f.fileno())
 
 
+RUN_KEYS = ("seed", "world_size")  # with the variant, what makes a results row one training run
+
+
 def read_table(path: str | Path, key: str | None = "variant") -> pd.DataFrame:
     """A run table without a torn last line; with a key, the last row of each key wins (a
-    resumed run re-ran it)."""
+    resumed run re-ran it). The variant key also takes the seed and world size where the table
+    has them (run folders from before --seeds have neither: one row per variant)."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
@@ -110,7 +114,8 @@ def read_table(path: str | Path, key: str | None = "variant") -> pd.DataFrame:
         return pd.DataFrame(columns=header.split(",") if header else None)
     table = pd.read_csv(io.BytesIO(data))
     if key and key in table:
-        table = table.drop_duplicates(key, keep="last").reset_index(drop=True)
+        keys = [key] + [k for k in RUN_KEYS if key == "variant" and k in table]
+        table = table.drop_duplicates(keys, keep="last").reset_index(drop=True)
     return table
 
 
@@ -120,6 +125,19 @@ def done_variants(run_dir: str | Path) -> set[str]:
     if table.empty or "status" not in table:
         return set()
     return set(table.loc[table["status"] == "ok", "variant"])
+
+
+def done_runs(run_dir: str | Path, default_seed: int) -> set[tuple[str, int, int]]:
+    """(variant, seed, world_size) of the runs that finished with status ok; --resume skips them.
+    A row without a seed (a run folder from before --seeds) trained with `default_seed` (--seed)
+    on one process."""
+    table = read_table(Path(run_dir) / RESULTS)
+    if table.empty or "status" not in table:
+        return set()
+    ok = table[table["status"] == "ok"]
+    seeds = ok["seed"].fillna(default_seed) if "seed" in ok else pd.Series(default_seed, index=ok.index)
+    worlds = ok["world_size"].fillna(1) if "world_size" in ok else pd.Series(1, index=ok.index)
+    return set(zip(ok["variant"], seeds.astype(int), worlds.astype(int)))
 
 
 def write_env(run_dir: str | Path, env: dict) -> None:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.distributed import (DistEnv, ShardSampler, broadcast_from_rank0, global_samples_per_s, is_rank0, node_gpus,
-                               read_env, reduce_sums, scaling_efficiency, shard_order, torchrun_command)
-from loaders.order import epoch_order
+from bench.distributed import (DistEnv, broadcast_from_rank0, global_samples_per_s, is_rank0, node_gpus, read_env,
+                               reduce_sums, scaling_efficiency, torchrun_command)
+from loaders.order import ShardSampler, epoch_order, shard_order
 
 ROOT = Path(__file__).resolve().parents[1]
 

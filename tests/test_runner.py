@@ -111,9 +111,9 @@ def test_a_data_error_stops_the_run_at_the_first_variant(tiny_data, split, tmp_p
 
 
 def test_summary_line_says_na_for_a_run_too_short_to_time():
-    row = {"accuracy": 50.0, "val_loss": 0.7, "train_samples_per_s": math.nan, "sec_per_epoch": 1.0}
-    line = run_module.summary_line(Variant("add"), row)
-    assert "nan" not in line and "n/a" in line
+    row = {"variant": "add", "accuracy": 50.0, "val_loss": 0.7, "train_samples_per_s": math.nan, "sec_per_epoch": 1.0}
+    line = run_module.summary_line(row, seed=43)
+    assert "nan" not in line and "n/a" in line and "seed 43" in line
 
 
 def test_resume_skips_finished_variants(tiny_data, split, tmp_path, monkeypatch):

@@ -1,12 +1,15 @@
 """`bench all`: train and measure every variant of the matrix into a run directory."""
 
+import argparse
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from bench.options import PROFILES, add_data_args, add_matrix_args, csv_list, default_profile, matrix, positive, resolve_device
+from bench.options import (PROFILES, ROBUSTNESS_DEFAULT, add_data_args, add_matrix_args, csv_list, default_profile, matrix,
+                           positive, resolve_device)
 
 
 def add_parser(sub) -> None:
@@ -27,6 +30,14 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--kernels", metavar="PATH",
                    help="kernels.csv of `bench kernels` (or its folder): use each kernel that won there on this GPU")
+    p.add_argument("--seeds", type=csv_list(int), help="train each variant once per seed (init and shuffling; "
+                   "--seed still fixes data and split), e.g. 42,43,44 (default: --seed)")
+    p.add_argument("--robustness", action=argparse.BooleanOptionalAction, help="evaluate each trained network with "
+                   "one sensor degraded (default: on in the seed and gpu profiles, off in quick)")
+    p.add_argument("--nproc", type=positive, help="train data-parallel on N processes (GPUs) of this node: "
+                   "starts torchrun; for several nodes run torchrun yourself (README)")
+    p.add_argument("--scaling", action="store_true", help="with --nproc N: also train on one process into the "
+                   "same run directory and report the scaling efficiency")
 
 
 def run_dir_path(out: str | None, prefix: str = "") -> Path:
@@ -35,8 +46,57 @@ def run_dir_path(out: str | None, prefix: str = "") -> Path:
 
 
 def run(args) -> int:
-    from bench.config import RunConfig, RunContext
+    from bench import distributed
+    job = distributed.read_env()
+    if args.scaling and (args.nproc or 0) < 2:
+        raise SystemExit("error: --scaling needs --nproc N with N >= 2 (it compares N processes with one)")
+    if args.nproc and not job.enabled:  # not under torchrun yet: start it
+        return _launch(args)
+    try:
+        return _run(args, job)
+    finally:
+        distributed.shutdown()
+
+
+def _launch(args) -> int:
+    """--nproc N: torchrun on N processes; with --scaling first one process into the run
+    directory, then N processes resuming it (rows are keyed on world_size, so none is skipped)."""
+    from bench.distributed import launch
+    argv = [a for a in sys.argv[1:] if a != "--scaling"]  # the children run `bench all` as given
+    if not args.scaling:
+        return launch(args.nproc, argv)
+    run_dir = run_dir_path(args.resume or args.out)
+    one = launch(1, argv if args.resume else argv + ["--out", str(run_dir)])
+    if one not in (0, 1):  # 1: some variants failed, the run directory is still good
+        return one
+    return max(one, launch(args.nproc, argv + ["--resume", str(run_dir)]))
+
+
+def _device(args, job) -> torch.device:
+    """--device as given; under torchrun cuda:LOCAL_RANK (or the CPU), joined to the process group."""
+    if not job.enabled:
+        return resolve_device(args.device)
+    from bench.distributed import init
+    kind = torch.device(args.device).type if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
+    return init(job, kind)
+
+
+def _data(args, run_dir: Path, rank0: bool):
+    """(root, split, split path): rank 0 alone finds or generates the data and split (one writer),
+    the other ranks receive them (torchrun's nodes must see the same --data path)."""
     from bench.datasource import resolve_data, resolve_split
+    from bench.distributed import broadcast_from_rank0
+    found = None
+    if rank0:
+        root, ids = resolve_data(args.data, args.per_class, args.seed, progress=not args.no_progress)
+        split, split_path = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
+        found = (str(root), split, str(split_path))
+    return broadcast_from_rank0(found)
+
+
+def _run(args, job) -> int:
+    from bench.config import RunConfig, RunContext
+    from bench.distributed import is_rank0
     from bench.instruments.env import collect_env, hardware_key
     from bench.matrix import run_matrix
     from bench.rundir import code_version, open_run_dir, sigterm_as_interrupt, split_fingerprint
@@ -45,10 +105,11 @@ def run(args) -> int:
     from reports.markdown import write_report
     from reports.results import FINGERPRINT, SCHEMA_VERSION
 
-    if args.resume and not (Path(args.resume) / "results.csv").exists():
+    device = _device(args, job)
+    rank0 = is_rank0()
+    if rank0 and args.resume and not (Path(args.resume) / "results.csv").exists():
         raise SystemExit(f"error: --resume {args.resume}: no results.csv there (is it a run directory?)")
     sigterm_as_interrupt()
-    device = resolve_device(args.device)
     amp_dtype = args.amp_dtype
     if args.amp and amp_dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         print(f"{torch.cuda.get_device_name(device)} has no bf16: --amp uses fp16 (with GradScaler)")
@@ -59,16 +120,21 @@ def run(args) -> int:
     if args.kernels:
         announce_kernels(args.kernels, device)
     run_dir = run_dir_path(args.resume or args.out)
-    root, ids = resolve_data(args.data, args.per_class, args.seed, progress=not args.no_progress)
-    split, split_path = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
+    root, split, split_path = _data(args, run_dir, rank0)
     cfg = RunConfig(
-        data_root=str(root),
+        data_root=root,
         train_ids=stratified_subset(split["train"], profile["train_limit"]),
         val_ids=stratified_subset(split["val"], profile["val_limit"]),
         device=device, epochs=args.epochs or profile["epochs"], seed=args.seed, warmup_steps=args.warmup_steps,
         target_acc=args.target_acc, repeats=args.repeats, infer_batch_sizes=tuple(args.infer_batch_sizes),
-        infer_iters=profile["infer_iters"], workers=args.workers, progress=not args.no_progress,
-        reference_steps=profile["reference_steps"], kernels=args.kernels)
+        infer_iters=profile["infer_iters"], workers=args.workers, progress=rank0 and not args.no_progress,
+        reference_steps=profile["reference_steps"] if job.world_size == 1 else 0,  # the plain loop is one process's
+        robustness=ROBUSTNESS_DEFAULT[profile_name] if args.robustness is None else args.robustness,
+        world_size=job.world_size, rank=job.rank, kernels=args.kernels)
+    seeds = list(dict.fromkeys(args.seeds or [args.seed]))
+    ctx = RunContext()
+    if not rank0:  # trains its shard; rank 0 checks the data, writes and reports
+        return 1 if run_matrix(variants, cfg, run_dir, {}, resume=bool(args.resume), ctx=ctx, seeds=seeds) else 0
     try:
         check = check_dataset(root, cfg.train_ids + cfg.val_ids, progress=cfg.progress)
     except KeyboardInterrupt:
@@ -77,17 +143,20 @@ def run(args) -> int:
     check.raise_if_broken()  # a DatasetError: exit code 2 (bench/cli.py), before any training
     settings = {"epochs": cfg.epochs, "profile": profile_name, "seed": args.seed, "data": check.fingerprint,
                 "split": split_fingerprint(split), "code": code_version()}
-    ctx = RunContext()
-    env = {"schema_version": SCHEMA_VERSION, **collect_env(device), "profile": profile_name, "data": str(root),
-           "split": str(split_path), "command": " ".join(sys.argv)}
+    env = {"schema_version": SCHEMA_VERSION, **collect_env(device), "profile": profile_name, "data": root,
+           "split": split_path, "command": " ".join(sys.argv), "world_size": job.world_size}
     env["hardware"] = hardware_key(env)
-    _start_nvml(cfg, ctx, args.nvml_period, variants[0], env)
+    if device.type == "cuda" and job.enabled:
+        from bench.distributed import node_gpus
+        env["node_gpus"] = node_gpus()
+    _start_nvml(replace(cfg, world_size=1, rank=0), ctx, args.nvml_period, variants[0], env)  # rank 0 alone
     run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841 (held until run() returns)
     try:
         fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
-        print(f"{len(variants)} variants, profile {profile_name}, {len(cfg.train_ids)} train / {len(cfg.val_ids)} val "
-              f"samples, {cfg.epochs} epochs on {device}; writing {run_dir}")
-        failures = run_matrix(variants, cfg, run_dir, fingerprint, resume=bool(args.resume), ctx=ctx)
+        print(f"{len(variants)} variants x {len(seeds)} seeds, profile {profile_name}, {len(cfg.train_ids)} train / "
+              f"{len(cfg.val_ids)} val samples, {cfg.epochs} epochs on {device}"
+              + (f" x {job.world_size} processes" if job.enabled else "") + f"; writing {run_dir}")
+        failures = run_matrix(variants, cfg, run_dir, fingerprint, resume=bool(args.resume), ctx=ctx, seeds=seeds)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the folder holds a valid report and can be resumed
         write_report(run_dir)
         print(f"\ninterrupted: the variants that finished are in {run_dir}; continue with --resume {run_dir}")
