@@ -42,12 +42,12 @@ class Run:
     label: str
     path: Path
     env: dict
-    results: pd.DataFrame  # status ok rows, one per variant
+    results: pd.DataFrame  # status ok rows, one per variant and training seed
     curves: pd.DataFrame
 
     def throttled(self, variant: str) -> bool:
         row = self.results.loc[self.results["variant"] == variant]
-        return bool(len(row)) and "throttled" in row and str(row["throttled"].iloc[0]).lower() == "true"
+        return bool(len(row)) and "throttled" in row and (row["throttled"].astype(str).str.lower() == "true").any()
 
     def windows(self, variant: str) -> np.ndarray:
         """Per-epoch steady-state training throughput of every repeat: the samples a verdict needs."""
@@ -116,10 +116,11 @@ def compare_table(runs: list[Run], **rules) -> pd.DataFrame:
 
 
 def _value(run: Run, variant: str, metric: str) -> float:
-    row = run.results.loc[run.results["variant"] == variant]
-    if row.empty or metric not in row:
+    """The variant's metric, the mean over its training seeds when the run has several."""
+    rows = run.results.loc[run.results["variant"] == variant]
+    if rows.empty or metric not in rows:
         return np.nan
-    return float(pd.to_numeric(row[metric], errors="coerce").iloc[0])
+    return float(pd.to_numeric(rows[metric], errors="coerce").mean())
 
 
 def _verdict(first: Run, run: Run, variant: str, metric: str, higher: bool, ratio: float, rules: dict) -> dict:

@@ -87,6 +87,17 @@ def test_leaderboard_has_a_column_per_hardware(tmp_path):
     assert board.loc["add-maxpool-fp32-eager-contig-resident-b16", "cpu-amd-epyc-2c"] > 0
 
 
+def test_a_run_with_several_seeds_compares_their_mean(tmp_path):
+    """A run of --seeds 42,43 holds a row per variant and seed: compare takes their mean."""
+    seeded = make_run(tmp_path, "seeded")
+    results = pd.read_csv(seeded / "results.csv").assign(seed=42)
+    second = results.assign(seed=43, train_samples_per_s=results["train_samples_per_s"] * 3)
+    pd.concat([results, second]).to_csv(seeded / "results.csv", index=False)
+    table = compare_table(load_runs([RUNS / "h200-seed", seeded]))
+    row = table[(table["variant"] == ADD) & (table["metric"] == "train_samples_per_s")]
+    assert row["ratio"].iloc[-1] == pytest.approx(2.0)  # (1 + 3) / 2 of the first run's value
+
+
 @pytest.mark.parametrize("change,message", [
     ("not_a_run", "not a run directory"),
     ("schema", "schema_version 99"),
