@@ -8,26 +8,16 @@ import pytest
 import torch
 
 from bench import matrix as run_module
-from bench.config import RunConfig
 from bench.matrix import run_matrix
 from bench.runner import measure
 from bench.variants import CHANNELS, Variant
+from conftest import tiny_config
 from loaders.dataset import discover_ids
 from loaders.split import make_split, stratified_subset
 from reports.results import CURVE_COLUMNS, RESULT_COLUMNS
 
 
-@pytest.fixture(scope="module")
-def split(tiny_data):
-    return make_split(discover_ids(tiny_data), seed=42)
-
-
-def config(tiny_data, split, **overrides) -> RunConfig:
-    settings = dict(data_root=str(tiny_data), train_ids=split["train"][:16], val_ids=split["val"][:16],
-                    device=torch.device("cpu"), epochs=1, warmup_steps=1, infer_iters=2, workers=0, progress=False,
-                    reference_steps=2)
-    settings.update(overrides)
-    return RunConfig(**settings)
+config = tiny_config
 
 
 def test_fp32_row_has_every_measurement(tiny_data, split):

@@ -5,7 +5,6 @@ from argparse import Namespace
 
 import pandas as pd
 import pytest
-import torch
 
 from bench import matrix as run_module
 from bench.commands import report as report_command
@@ -14,22 +13,14 @@ from bench.matrix import run_matrix
 from bench.robustness import CONDITIONS
 from bench.runner import VariantResult, measure
 from bench.variants import Variant
-from loaders.dataset import discover_ids
-from loaders.split import make_split
+from conftest import tiny_config
 from reports.results import RESULTS, done_runs
 
 
-@pytest.fixture(scope="module")
-def split(tiny_data):
-    return make_split(discover_ids(tiny_data), seed=42)
-
-
 def config(tiny_data, split, **overrides) -> RunConfig:
-    settings = dict(data_root=str(tiny_data), train_ids=split["train"][:32], val_ids=split["val"][:16],
-                    device=torch.device("cpu"), epochs=1, warmup_steps=1, infer_iters=0, workers=0, progress=False,
-                    reference_steps=0)
-    settings.update(overrides)
-    return RunConfig(**settings)
+    """32 training samples, no inference timing or reference loop: seeds and robustness are the point."""
+    settings = dict(train_ids=split["train"][:32], infer_iters=0, reference_steps=0)
+    return tiny_config(tiny_data, split, **{**settings, **overrides})
 
 
 def fake_result(variant, cfg):
