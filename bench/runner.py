@@ -73,7 +73,7 @@ def _dynamo_counts() -> dict:
 def _loader(variant: Variant, cfg: RunConfig, ctx: RunContext, ids: list[str], train: bool):
     options = {}
     if variant.loader == "resident":
-        from loaders.resident import decode_split
+        from loaders.dataset import decode_split
         key = ("resident", "train" if train else "val")
         if key not in ctx.loader_cache:
             ctx.loader_cache[key] = decode_split(cfg.data_root, ids, progress=cfg.progress)

@@ -4,7 +4,7 @@ png: `fn.readers.file` reads the PNG bytes and the label, `fn.readers.numpy` the
 `fn.decoders.image(output_type=ANY_DATA)` decodes RGBA on DALI's C++ threads ("mixed" on a GPU,
 although PNG decoding itself stays on the CPU there). The two readers stay paired because they
 get the same `files=` order, the same shuffle, shard and padding arguments; DALI documents no such
-guarantee, so tests/test_dali_loader.py proves it for every yielded sample.
+guarantee, so tests/test_loaders.py proves it for every yielded sample.
 
 prepared (loaders.prepare): one `fn.external_source` callback returns the rows of memory-mapped
 arrays for a batch, so the pairing holds by construction and nothing is decoded.

@@ -4,6 +4,7 @@ Every check names the file and what was expected, because a benchmark that silen
 half-broken dataset produces numbers nobody can trust.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 # folder name -> (id prefix, label)
 CLASSES = {"cubes": ("cube", 0), "spheres": ("sphere", 1)}
@@ -186,3 +188,19 @@ def prepare_batch(rgba: torch.Tensor, depth: torch.Tensor, azimuth: torch.Tensor
         from kernels.input_prep import prepare_inputs
         return prepare_inputs(rgba, depth, azimuth, zenith)
     return rgba_to_float(rgba), depth_to_xyza(depth, azimuth, zenith)
+
+
+def decode_split(root: str | Path, sample_ids: list[str], workers: int = 4, progress: bool = False) -> dict:
+    """uint8 RGBA [N, H, W, 4], float depth [N, H, W], labels [N] and per-class angle tables."""
+    root = str(Path(root).expanduser())
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        samples = list(tqdm(pool.map(lambda i: read_sample(root, i), sample_ids), total=len(sample_ids),
+                            desc="decode", unit="sample", disable=not progress, leave=False))
+    azimuth, zenith = angle_tables(root)
+    return {
+        "rgba": torch.from_numpy(np.stack([s[0] for s in samples])),
+        "depth": torch.from_numpy(np.stack([s[1] for s in samples])),
+        "label": torch.tensor([s[2] for s in samples], dtype=torch.int64),
+        "azimuth": torch.from_numpy(azimuth),
+        "zenith": torch.from_numpy(zenith),
+    }

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loaders.dataset import CLASSES, DatasetError, discover_ids, sample_files
+from loaders.dataset import CLASSES, DatasetError, decode_split, discover_ids, sample_files
 
 FORMAT = "fusionbench-prepared"
 VERSION = 2
@@ -36,7 +36,6 @@ ARRAYS = ("rgba", "depth", "azimuth", "zenith")
 
 def prepare_dataset(root: str | Path, out: str | Path | None = None, progress: bool = True) -> Path:
     """Decode and validate every sample of `root` once and write the prepared form; returns its folder."""
-    from loaders.resident import decode_split  # the threaded, validating decode the resident loader uses
 
     root = Path(root).expanduser()
     out = Path(out).expanduser() if out is not None else root / "prepared"

@@ -6,31 +6,10 @@ per tensor. That costs 2 x 64 KB per 64x64 sample of device memory (~630 MB for 
 train split) and nothing per sample runs on the host.
 """
 
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from loaders.dataset import angle_tables, depth_to_xyza, read_sample, rgba_to_float
+from loaders.dataset import decode_split, depth_to_xyza, rgba_to_float
 from loaders.order import epoch_order, shard_order
-
-
-def decode_split(root: str | Path, sample_ids: list[str], workers: int = 4, progress: bool = False) -> dict:
-    """uint8 RGBA [N, H, W, 4], float depth [N, H, W], labels [N] and per-class angle tables."""
-    root = str(Path(root).expanduser())
-    with ThreadPoolExecutor(max(workers, 1)) as pool:
-        samples = list(tqdm(pool.map(lambda i: read_sample(root, i), sample_ids), total=len(sample_ids),
-                            desc="decode", unit="sample", disable=not progress, leave=False))
-    azimuth, zenith = angle_tables(root)
-    return {
-        "rgba": torch.from_numpy(np.stack([s[0] for s in samples])),
-        "depth": torch.from_numpy(np.stack([s[1] for s in samples])),
-        "label": torch.tensor([s[2] for s in samples], dtype=torch.int64),
-        "azimuth": torch.from_numpy(azimuth),
-        "zenith": torch.from_numpy(zenith),
-    }
 
 
 def model_inputs(tensors: dict, device, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.results import LOADER_COLUMNS, LOADERS, read_table
+from reports.results import LOADER_COLUMNS, LOADERS_CSV, read_table
 
 SHOWN = ["loader", "form", "samples_per_s", "ratio_to_torch", "batch_ms_p50", "batch_ms_p99", "first_epoch_s",
          "host_peak_rss_mb", "torch_device_peak_mb", "status"]
@@ -22,9 +22,9 @@ def with_ratio(table: pd.DataFrame) -> pd.DataFrame:
 
 def write_loaders_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
-    table = read_table(run_dir / LOADERS, key=None)
+    table = read_table(run_dir / LOADERS_CSV, key=None)
     if table.empty:
-        raise ValueError(f"{run_dir / LOADERS}: missing or empty (is it a `bench loaders` run directory?)")
+        raise ValueError(f"{run_dir / LOADERS_CSV}: missing or empty (is it a `bench loaders` run directory?)")
     table = with_ratio(table)
     first = table.iloc[0]
     ok = table[table["status"] == "ok"]

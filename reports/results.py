@@ -49,7 +49,7 @@ LOADER_COLUMNS = ["loader", "form", "batch_size", "workers", "device", "epochs",
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
-RESULTS, CURVES, INFERENCE, LOADERS, ENV = "results.csv", "curves.csv", "inference.csv", "loaders.csv", "env.json"
+RESULTS, CURVES, INFERENCE, LOADERS_CSV, ENV = "results.csv", "curves.csv", "inference.csv", "loaders.csv", "env.json"
 
 
 def _cell(value):

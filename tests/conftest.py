@@ -1,9 +1,16 @@
-"""Shared fixtures: a tiny generated dataset (session-scoped, rendered once) and its split."""
+"""Shared fixtures and helpers: a tiny generated dataset (session-scoped, rendered once), its split,
+a unit-test RunConfig, hand-written datasets for broken-data tests, and `python -m bench` in a
+subprocess."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 # Without a GPU, Triton kernels run through Triton's interpreter. It is chosen when a kernel is
 # decorated, so it must be set before any test module imports kernels/.
@@ -11,11 +18,38 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench.config import RunConfig
-from loaders.dataset import discover_ids
+from loaders.dataset import CLASSES, discover_ids
 from loaders.generate import generate_dataset
 from loaders.split import make_split
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench(*args, cwd=None):
+    """`python -m bench` of this checkout, also from another working directory."""
+    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def write_sample(root: Path, folder: str, index: int, rng: np.random.Generator, size: int = 64) -> None:
+    """One random RGBA PNG and depth map; noise makes every sample's fingerprint unique."""
+    rgba = rng.integers(0, 256, (size, size, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(root / folder / "rgb" / f"{index:04d}.png")
+    np.save(root / folder / "lidar" / f"{index:04d}.npy", rng.uniform(1, 60, (size, size)).astype(np.float32))
+
+
+def write_dataset(root: Path, per_class: int = 6, size: int = 64, seed: int = 0) -> Path:
+    """A tiny valid dataset; each class gets its own angle tables so a wrong table shows up in XYZA."""
+    rng = np.random.default_rng(seed)
+    for folder in CLASSES:
+        for sub in ("rgb", "lidar"):
+            (root / folder / sub).mkdir(parents=True, exist_ok=True)
+        np.save(root / folder / "azimuth.npy", rng.uniform(-0.5, 0.5, size).astype(np.float32))
+        np.save(root / folder / "zenith.npy", rng.uniform(-0.5, 0.5, size).astype(np.float32))
+        for index in range(per_class):
+            write_sample(root, folder, index, rng, size)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,12 @@
 """End to end: `python -m bench` as a user runs it, on a tiny dataset."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import bench
 from reports.results import CURVE_COLUMNS, RESULT_COLUMNS, SCHEMA_VERSION
-
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def bench(*args, cwd=None):
-    """`python -m bench` of this checkout, also from another working directory."""
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def test_all_writes_the_run_directory(tiny_data, tmp_path):

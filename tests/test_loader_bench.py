@@ -8,7 +8,7 @@ import pytest
 
 from bench.cli import main
 from bench.commands import loaders as loaders_command
-from test_cli import bench
+from conftest import bench
 
 
 def test_loaders_command_times_every_loader(tiny_data, tmp_path):

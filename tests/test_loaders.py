@@ -18,7 +18,7 @@ from loaders import make_loader
 from loaders.dataset import DatasetError, discover_ids
 from loaders.prepare import prepare_dataset
 from loaders.torch_loader import FusionDataset
-from test_prepare import write_dataset, write_sample
+from conftest import write_dataset, write_sample
 
 FORMS = [False, True]  # the `prepared` argument: png, prepared
 # (loader, prepared): every loader and both DALI forms must agree with FusionDataset

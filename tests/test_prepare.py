@@ -2,34 +2,14 @@
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_dataset, write_sample
 from loaders.dataset import CLASSES, DatasetError, discover_ids, load_angles, read_sample
 from loaders.prepare import find_prepared, open_prepared, prepare_dataset
-
-
-def write_sample(root: Path, folder: str, index: int, rng: np.random.Generator, size: int = 64) -> None:
-    """One random RGBA PNG and depth map; noise makes every sample's fingerprint unique."""
-    rgba = rng.integers(0, 256, (size, size, 4), dtype=np.uint8)
-    Image.fromarray(rgba, "RGBA").save(root / folder / "rgb" / f"{index:04d}.png")
-    np.save(root / folder / "lidar" / f"{index:04d}.npy", rng.uniform(1, 60, (size, size)).astype(np.float32))
-
-
-def write_dataset(root: Path, per_class: int = 6, size: int = 64, seed: int = 0) -> Path:
-    """A tiny valid dataset; each class gets its own angle tables so a wrong table shows up in XYZA."""
-    rng = np.random.default_rng(seed)
-    for folder in CLASSES:
-        for sub in ("rgb", "lidar"):
-            (root / folder / sub).mkdir(parents=True, exist_ok=True)
-        np.save(root / folder / "azimuth.npy", rng.uniform(-0.5, 0.5, size).astype(np.float32))
-        np.save(root / folder / "zenith.npy", rng.uniform(-0.5, 0.5, size).astype(np.float32))
-        for index in range(per_class):
-            write_sample(root, folder, index, rng, size)
-    return root
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from bench.datasource import resolve_data, resolve_split
 from bench.instruments import memory
 from bench.instruments.timing import Clock, percentiles
 from bench.options import add_data_args, csv_list, positive, resolve_device
-from loaders import LOADERS as LOADER_KINDS
+from loaders import LOADERS
 from loaders import make_loader
 from loaders.split import stratified_subset
 from reports.loaders_report import with_ratio, write_loaders_report
-from reports.results import LOADER_COLUMNS, LOADERS, append_rows
+from reports.results import LOADER_COLUMNS, LOADERS_CSV, append_rows
 
 
 def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: torch.device, epochs: int,
@@ -67,7 +67,7 @@ def _loader_forms(kinds: list[str], root) -> list[tuple[str, dict]]:
 def add_parser(sub) -> None:
     p = sub.add_parser("loaders", help="time each loader over full epochs")
     add_data_args(p)
-    p.add_argument("--loader", type=csv_list(str, LOADER_KINDS), default=list(LOADER_KINDS))
+    p.add_argument("--loader", type=csv_list(str, LOADERS), default=list(LOADERS))
     p.add_argument("--batch-size", type=positive, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=positive, default=2, help="timed epochs after the first")
@@ -96,7 +96,7 @@ def run(args) -> int:
                    "status": "failed", "error": (str(error).strip().splitlines() or [type(error).__name__])[0]}
             print(f"{kind}: failed: {row['error']}")
         rows.append(row)
-        append_rows(run_dir / LOADERS, [row], LOADER_COLUMNS)
-    with_ratio(pd.DataFrame(rows)).to_csv(run_dir / LOADERS, index=False)
+        append_rows(run_dir / LOADERS_CSV, [row], LOADER_COLUMNS)
+    with_ratio(pd.DataFrame(rows)).to_csv(run_dir / LOADERS_CSV, index=False)
     print(write_loaders_report(run_dir).read_text())
     return 1 if failures else 0

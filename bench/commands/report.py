@@ -12,11 +12,11 @@ def run(args) -> None:
     from reports.loaders_report import write_loaders_report
     from reports.markdown import write_report
     from reports.plots import write_plots
-    from reports.results import LOADERS, RESULTS
+    from reports.results import LOADERS_CSV, RESULTS
     run_dir = Path(args.run_dir)
-    has_results, has_loaders = (run_dir / RESULTS).exists(), (run_dir / LOADERS).exists()
+    has_results, has_loaders = (run_dir / RESULTS).exists(), (run_dir / LOADERS_CSV).exists()
     if not has_results and not has_loaders:
-        raise SystemExit(f"error: {run_dir} has no {RESULTS} or {LOADERS} (is it a run directory?)")
+        raise SystemExit(f"error: {run_dir} has no {RESULTS} or {LOADERS_CSV} (is it a run directory?)")
     if has_loaders:
         print(write_loaders_report(run_dir))
     if has_results:
