@@ -70,7 +70,7 @@ def sampler_overhead(cfg: RunConfig, ctx: RunContext, variant: Variant, steps: i
         return rate(time_calls(lambda: trainer.step(rgb, lidar, label), steps, cfg.device), b)
 
     def rate_with() -> float:
-        with NvmlSampler(cfg.device, ctx.sampler.period_s):
+        with NvmlSampler(ctx.sampler.devices, ctx.sampler.period_s):  # every GPU the run samples
             return rate_without()
 
     rate_without()  # warm-up

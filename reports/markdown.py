@@ -76,7 +76,8 @@ ENERGY_WINDOWS = ("Windows: GPU util, power, energy J, above idle and samples/J 
                   "steps only (warm-up and validation excluded); compile J is the warm-up steps, where a compiled "
                   "model compiles (its eval graph compiles in the first validation); validation J is every "
                   "evaluation; phase J is the whole training phase (all of them); J to target counts from the "
-                  "start of training, like the time to target.")
+                  "start of training, like the time to target. With several processes, energy and power are "
+                  "summed over every GPU of the node the run used.")
 
 
 def energy_table(ok: pd.DataFrame) -> str:

@@ -85,16 +85,20 @@ def variant_starts(nvml: pd.DataFrame) -> list[tuple[float, str]]:
 
 
 def plot_nvml(nvml: pd.DataFrame, path: Path) -> Path:
-    """Power, SM clock and utilisation over time, with a line where each variant starts."""
-    t = nvml["time"] - nvml["time"].iloc[0]
+    """Power, SM clock and utilisation over time, a line per GPU when several were sampled (the
+    `gpu` column under torchrun), with a line where each variant starts."""
+    start = nvml["time"].iloc[0]
+    gpus = list(nvml.groupby("gpu")) if "gpu" in nvml and nvml["gpu"].nunique() > 1 else [(None, nvml)]
     fig, (power, util) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-    power.plot(t, nvml["power_w"], lw=0.8, label="power W")
     clock = power.twinx()
-    clock.plot(t, nvml["sm_clock_mhz"], lw=0.8, color="tab:orange", label="SM clock MHz")
+    for gpu, samples in gpus:
+        t, tag = samples["time"] - start, "" if gpu is None else f"GPU {int(gpu)} "
+        power.plot(t, samples["power_w"], lw=0.8, label=f"{tag}power W")
+        clock.plot(t, samples["sm_clock_mhz"], lw=0.8, ls=":", label=f"{tag}SM clock MHz")
+        util.plot(t, samples["gpu_util"], lw=0.8, label=f"{tag}GPU util %")
+        util.plot(t, samples["mem_util"], lw=0.8, label=f"{tag}memory util %")
     power.set_ylabel("power W")
-    clock.set_ylabel("SM clock MHz", color="tab:orange")
-    util.plot(t, nvml["gpu_util"], lw=0.8, label="GPU util %")
-    util.plot(t, nvml["mem_util"], lw=0.8, label="memory util %")
+    clock.set_ylabel("SM clock MHz (dotted)")
     util.set_ylabel("utilisation %")
     util.set_xlabel("seconds")
     util.legend(fontsize=8, loc="upper right")

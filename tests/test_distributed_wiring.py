@@ -99,3 +99,37 @@ def test_scaling_launches_one_process_then_n_into_the_same_run(monkeypatch, tmp_
 def test_scaling_needs_nproc():
     with pytest.raises(SystemExit, match="--scaling needs --nproc"):
         all_command.run(Namespace(nproc=None, scaling=True, resume=None, out=None))
+
+
+def test_rank0_samples_every_local_gpu_under_torchrun(monkeypatch):
+    """Under torchrun on CUDA the sampler is built on cuda:0..LOCAL_WORLD_SIZE-1; alone, on the run's device."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    cuda0 = torch.device("cuda", 0)
+    assert all_command.nvml_devices(cuda0, world_size=8) == [torch.device("cuda", i) for i in range(4)]
+    assert all_command.nvml_devices(cuda0, world_size=1) == [cuda0]
+    assert all_command.nvml_devices(torch.device("cpu"), world_size=2) == [torch.device("cpu")]
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert all_command.nvml_devices(cuda0, world_size=4) == [cuda0, torch.device("cuda", 1)]
+
+    from bench import nvml_overhead
+    from bench.config import RunContext
+    from bench.instruments import nvml
+
+    class RecordingSampler:
+        def __init__(self, devices, period_s):
+            self.devices, self.period_s = devices, period_s
+
+        def measure_idle_power(self, seconds):
+            return 200.0
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(nvml, "nvml_unavailable_reason", lambda device: None)
+    monkeypatch.setattr(nvml, "NvmlSampler", RecordingSampler)
+    monkeypatch.setattr(nvml_overhead, "sampler_overhead", lambda cfg, ctx, variant: {})
+    ctx, env = RunContext(), {}
+    all_command._start_nvml(None, ctx, 0.01, None, env, all_command.nvml_devices(cuda0, world_size=2))
+    assert ctx.sampler.devices == [cuda0, torch.device("cuda", 1)] and env["idle_power_w"] == 200.0

@@ -188,3 +188,63 @@ def test_whole_phase_compile_and_validation_windows_add_up():
     phase = nvml.window_energy(timeline, [(0.0, 10.0)])[0]
     parts = nvml.window_energy(timeline, [(0.0, 2.0), (2.0, 6.0), (6.0, 10.0)])[0]
     assert phase == pytest.approx(1000.0) and parts == pytest.approx(phase)
+
+
+def fake_nvml(monkeypatch, watts_by_handle):
+    """NVML faked on a CPU: each device's handle names its CUDA index and reads its own power."""
+    monkeypatch.setattr(nvml, "nvml_unavailable_reason", lambda device: None)
+    monkeypatch.setattr(nvml, "handle_for", lambda device: f"gpu{device.index}")
+    monkeypatch.setattr(nvml.pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(nvml.pynvml, "nvmlShutdown", lambda: None)
+    monkeypatch.setattr(nvml.pynvml, "nvmlDeviceGetPowerUsage", lambda handle: watts_by_handle[handle] * 1000)
+
+
+def test_two_gpu_sampler_reads_both_gpus_every_tick(monkeypatch, tmp_path):
+    fake_nvml(monkeypatch, {"gpu0": 80.0, "gpu1": 120.0})
+    sampler = NvmlSampler([torch.device("cuda", 0), torch.device("cuda", 1)], period_s=0.01)
+    assert sampler.measure_idle_power(0.1) == pytest.approx(200.0)  # the node's idle power
+    with sampler:
+        sampler.mark("train")
+        time.sleep(0.1)
+    timeline = sampler.timeline()
+    assert list(timeline.columns) == COLUMNS + [nvml.GPU]
+    ticks = timeline.groupby("time")[nvml.GPU].apply(sorted)
+    assert len(ticks) > 5 and all(gpus == [0.0, 1.0] for gpus in ticks)
+    assert timeline.groupby(nvml.GPU)["power_w"].unique().to_dict() == {0.0: [80.0], 1.0: [120.0]}
+    sampler.to_csv(tmp_path / "nvml.csv")
+    written = pd.read_csv(tmp_path / "nvml.csv", keep_default_na=False)
+    assert list(written.columns) == COLUMNS + [nvml.GPU, "marker"]
+    assert set(written.loc[written["marker"] == "train", nvml.GPU]) == {0, 1}
+
+
+def two_gpu_timeline():
+    """GPU 0 draws 100 W by its energy counter, GPU 1 has no counter and draws 300 W; GPU 1
+    throttles at the third tick only."""
+    gpu0 = make_timeline(5, energy_mj=[0.0, 100_000.0, 200_000.0, 300_000.0, 400_000.0], power_w=[100.0] * 5,
+                         gpu_util=[40.0] * 5, mem_used_mb=[1000.0] * 5, clock_event_reasons=[0.0] * 5)
+    gpu1 = make_timeline(5, power_w=[300.0] * 5, gpu_util=[80.0] * 5, mem_used_mb=[3000.0] * 5,
+                         clock_event_reasons=[0.0, 0.0, 4.0, 0.0, 0.0])
+    return gpu0, gpu1, pd.concat([gpu0.assign(gpu=0.0), gpu1.assign(gpu=1.0)], ignore_index=True)
+
+
+def test_summaries_add_the_energy_and_power_of_every_gpu():
+    gpu0, gpu1, both = two_gpu_timeline()
+    one = [nvml.summarize_windows(gpu, [(0.0, 4.0)], idle_power_w=None, samples=1) for gpu in (gpu0, gpu1)]
+    result = nvml.summarize_windows(both, [(0.0, 4.0)], idle_power_w=150.0, samples=1600)
+    assert result["energy_j"] == pytest.approx(one[0]["energy_j"] + one[1]["energy_j"]) == pytest.approx(1600.0)
+    assert result["energy_source"] == "counter+integrated_power"
+    assert result["energy_above_idle_j"] == pytest.approx(1600.0 - 150.0 * 4.0)
+    assert result["samples_per_j"] == pytest.approx(1.0)
+    assert result["power_w_mean"] == pytest.approx(400.0) and result["power_w_max"] == pytest.approx(400.0)
+    assert result["gpu_util_mean"] == pytest.approx(60.0) and result["gpu_util_max"] == 80.0
+    assert result["nvml_mem_peak_mb"] == 3000.0  # the fullest GPU, not the sum
+    assert result["nvml_samples"] == 5 and result["throttled_share"] == pytest.approx(1 / 5)
+    assert nvml.window_energy(both, [(0.0, 1.0), (2.0, 3.0)])[0] == pytest.approx(2 * (100.0 + 300.0))
+
+
+def test_one_gpu_summary_is_the_same_with_or_without_a_gpu_column():
+    gpu0, _, _ = two_gpu_timeline()
+    without = nvml.summarize_windows(gpu0, [(0.5, 3.5)], idle_power_w=20.0, samples=10)
+    with_column = nvml.summarize_windows(gpu0.assign(gpu=3.0), [(0.5, 3.5)], idle_power_w=20.0, samples=10)
+    assert with_column == without
+    assert nvml.window_energy(gpu0.assign(gpu=3.0), [(1.25, 1.75)]) == nvml.window_energy(gpu0, [(1.25, 1.75)])

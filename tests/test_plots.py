@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from reports.plots import _log_if_wide, plot_leaderboard, variant_starts, write_plots
+from reports.plots import _log_if_wide, plot_leaderboard, plot_nvml, variant_starts, write_plots
 
 RUNS = Path(__file__).parent / "fixtures" / "results"
 
@@ -22,6 +22,19 @@ def test_run_plots_from_an_h200_run(tmp_path):
 def test_a_run_without_nvml_has_no_timeline(tmp_path):
     run = shutil.copytree(RUNS / "cpu-quick", tmp_path / "cpu")
     assert "nvml.png" not in [p.name for p in write_plots(run)]
+
+
+def test_nvml_timeline_draws_a_line_per_gpu_under_torchrun(tmp_path, monkeypatch):
+    import reports.plots
+    figures = []
+    monkeypatch.setattr(reports.plots, "_save", lambda fig, path: figures.append(fig) or path)
+    one = pd.read_csv(RUNS / "h200-seed" / "nvml.csv").head(400)
+    two = pd.concat([one.assign(gpu=0), one.assign(gpu=1, power_w=one["power_w"] / 2)]).sort_values("time", kind="stable")
+    plot_nvml(two, tmp_path / "nvml.png")
+    power = figures[0].axes[0]
+    labels = [line.get_label() for line in power.lines if not line.get_label().startswith("_")]  # not the variant lines
+    assert labels == ["GPU 0 power W", "GPU 1 power W"]
+    plt.close(figures[0])
 
 
 def test_nvml_boundaries_are_where_each_variant_starts():

@@ -1,6 +1,7 @@
 """`bench all`: train and measure every variant of the matrix into a run directory."""
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from datetime import datetime
@@ -149,7 +150,8 @@ def _run(args, job) -> int:
     if device.type == "cuda" and job.enabled:
         from bench.distributed import node_gpus
         env["node_gpus"] = node_gpus()
-    _start_nvml(replace(cfg, world_size=1, rank=0), ctx, args.nvml_period, variants[0], env)  # rank 0 alone
+    _start_nvml(replace(cfg, world_size=1, rank=0), ctx, args.nvml_period, variants[0], env,  # rank 0 alone
+                nvml_devices(device, job.world_size))
     run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841 (held until run() returns)
     try:
         fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
@@ -179,16 +181,25 @@ def announce_kernels(path: str, device: torch.device) -> None:
                                    f"no kernel beat eager and torch.compile there on {device}; the torch path runs"))
 
 
-def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict) -> None:
-    """Starts the sampler when NVML can watch this device; else records why its columns are empty."""
+def nvml_devices(device: torch.device, world_size: int) -> list[torch.device]:
+    """The GPUs NVML samples: under torchrun on CUDA every GPU of this node the job uses
+    (cuda:0 .. cuda:LOCAL_WORLD_SIZE-1), so energy is the node's; else the run's device."""
+    if device.type != "cuda" or world_size <= 1:
+        return [device]
+    local = min(torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    return [torch.device("cuda", index) for index in range(local)]
+
+
+def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict, devices: list[torch.device]) -> None:
+    """Starts the sampler when NVML can watch these devices; else records why its columns are empty."""
     from bench.instruments.nvml import NvmlSampler, nvml_unavailable_reason
     from bench.nvml_overhead import sampler_overhead
-    reason = nvml_unavailable_reason(cfg.device)
+    reason = next(filter(None, map(nvml_unavailable_reason, devices)), None)
     if reason:
         ctx.nvml_reason = reason
         env["nvml"] = f"n/a: {reason}"
         return
-    ctx.sampler = NvmlSampler(cfg.device, period_s)
+    ctx.sampler = NvmlSampler(devices, period_s)
     ctx.idle_power_w = ctx.sampler.measure_idle_power(3.0)  # NVML power is a ~1 s average
     env["idle_power_w"] = ctx.idle_power_w
     env["nvml_overhead"] = sampler_overhead(cfg, ctx, probe_variant)

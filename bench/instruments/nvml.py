@@ -1,9 +1,10 @@
 """Background NVML sampler and the per-window summary of what it recorded.
 
-A daemon thread polls the GPU every `period_s` and stamps each sample with
-time.perf_counter(), so the runner can cut the timeline at its own perf_counter marks
-(one window per variant and phase) and call `summarize` on each window. `summarize` is a
-pure function of a recorded timeline, so the arithmetic is tested without a GPU.
+A daemon thread polls the GPU (under torchrun: every GPU of the node the job uses) every
+`period_s` and stamps each sample with time.perf_counter(), so the runner can cut the timeline
+at its own perf_counter marks (one window per variant and phase) and call `summarize` on each
+window. `summarize` is a pure function of a recorded timeline, so the arithmetic is tested
+without a GPU.
 """
 
 import math
@@ -39,6 +40,9 @@ THROTTLE_MASK = (
     | pynvml.nvmlClocksThrottleReasonHwPowerBrakeSlowdown  # 0x80
 )
 THROTTLED_SHARE_LIMIT = 0.05
+# The CUDA index of each row's GPU; only a timeline of several GPUs has it, so a one-GPU
+# nvml.csv keeps COLUMNS alone (as older run directories do).
+GPU = "gpu"
 
 _MIB = 2**20
 
@@ -89,9 +93,9 @@ def _field(read) -> float:
         return math.nan
 
 
-def _read_sample(handle) -> dict:
-    """One row of the timeline, stamped when the reads begin."""
-    now = time.perf_counter()
+def _read_sample(handle, now: float | None = None) -> dict:
+    """One row of the timeline, stamped `now` (the tick's time) or when the reads begin."""
+    now = time.perf_counter() if now is None else now
     try:
         util = pynvml.nvmlDeviceGetUtilizationRates(handle)
         gpu_util, mem_util = float(util.gpu), float(util.memory)
@@ -115,7 +119,7 @@ def _read_sample(handle) -> dict:
 def label_samples(timeline: pd.DataFrame, marks: pd.DataFrame) -> pd.DataFrame:
     """The timeline plus a `marker` column: the latest mark at or before each sample ("" before
     the first), so nvml.csv can be split per variant and phase without the marks file."""
-    labelled = timeline.sort_values("time").reset_index(drop=True)
+    labelled = timeline.sort_values("time", kind="stable").reset_index(drop=True)
     if marks.empty or labelled.empty:
         return labelled.assign(marker="")
     ordered = marks.sort_values("time").rename(columns={"label": "marker"})
@@ -125,15 +129,20 @@ def label_samples(timeline: pd.DataFrame, marks: pd.DataFrame) -> pd.DataFrame:
 
 
 class NvmlSampler:
-    """Samples one GPU on a daemon thread while running; usable as a context manager.
+    """Samples one GPU, or several, on a daemon thread while running; usable as a context manager.
 
-    It can be started and stopped repeatedly; samples and marks accumulate across runs of the
-    same instance (their perf_counter times keep them apart). Use a new instance for a fresh
-    timeline.
+    `devices` is one torch device or a list of them. Each tick reads every GPU in turn and
+    stamps their rows with the same tick time; with several GPUs each row also carries its
+    CUDA index in a `gpu` column. It can be started and stopped repeatedly; samples and marks
+    accumulate across runs of the same instance (their perf_counter times keep them apart).
+    Use a new instance for a fresh timeline.
     """
 
-    def __init__(self, device: torch.device, period_s: float = 0.02):
-        self.device = torch.device(device)
+    def __init__(self, devices, period_s: float = 0.02):
+        listed = devices if isinstance(devices, (list, tuple)) else [devices]
+        self.devices = [torch.device(device) for device in listed]
+        if not self.devices:
+            raise ValueError("NvmlSampler needs at least one device")
         self.period_s = period_s
         self._rows: list[dict] = []
         self._marks: list[tuple[float, str]] = []
@@ -142,21 +151,22 @@ class NvmlSampler:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "NvmlSampler":
-        """Initialise NVML, find this device's handle and begin sampling."""
+        """Initialise NVML, find each device's handle and begin sampling."""
         if self._thread is not None:
             raise RuntimeError("NvmlSampler is already running")
-        reason = nvml_unavailable_reason(self.device)
-        if reason is not None:
-            raise RuntimeError(f"NVML sampling unavailable: {reason}")
+        for device in self.devices:
+            reason = nvml_unavailable_reason(device)
+            if reason is not None:
+                raise RuntimeError(f"NVML sampling unavailable on {device}: {reason}")
         pynvml.nvmlInit()
         try:
-            handle = handle_for(self.device)
+            handles = {device.index: handle_for(device) for device in self.devices}
         except pynvml.NVMLError:
             pynvml.nvmlShutdown()
             raise
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self._run, args=(handle,), name="nvml-sampler", daemon=True
+            target=self._run, args=(handles,), name="nvml-sampler", daemon=True
         )
         self._thread.start()
         return self
@@ -176,13 +186,16 @@ class NvmlSampler:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _run(self, handle) -> None:
-        """Sample on a fixed schedule; if a read runs late, restart the schedule from now."""
+    def _run(self, handles: dict) -> None:
+        """Sample every GPU on a fixed schedule; if a tick runs late, restart the schedule from now."""
+        several = len(handles) > 1
         next_time = time.perf_counter()
         while not self._stop.is_set():
-            row = _read_sample(handle)
+            now = time.perf_counter()
+            rows = [_read_sample(handle, now) | ({GPU: float(gpu)} if several else {})
+                    for gpu, handle in handles.items()]
             with self._lock:
-                self._rows.append(row)
+                self._rows.extend(rows)
             next_time = max(next_time + self.period_s, time.perf_counter())
             self._stop.wait(max(0.0, next_time - time.perf_counter()))
 
@@ -192,9 +205,10 @@ class NvmlSampler:
             self._marks.append((time.perf_counter(), label))
 
     def timeline(self) -> pd.DataFrame:
-        """All samples so far, one row each, columns COLUMNS."""
+        """All samples so far, one row per GPU and tick: columns COLUMNS, and GPU with several GPUs."""
+        columns = COLUMNS + [GPU] if len(self.devices) > 1 else COLUMNS
         with self._lock:
-            return pd.DataFrame(list(self._rows), columns=COLUMNS, dtype=float)
+            return pd.DataFrame(list(self._rows), columns=columns, dtype=float)
 
     def marks(self) -> pd.DataFrame:
         """All marks so far, columns time and label."""
@@ -217,11 +231,28 @@ class NvmlSampler:
                 self.stop()
         samples = self.timeline()
         in_window = samples[(samples["time"] >= t0) & (samples["time"] <= t1)]
-        return float(in_window["power_w"].mean()) if len(in_window) else math.nan
+        return float(_tick_power(in_window).mean()) if len(in_window) else math.nan
 
     def to_csv(self, path) -> None:
         """Write the whole timeline with its `marker` column (a run's nvml.csv)."""
         label_samples(self.timeline(), self.marks()).to_csv(path, index=False)
+
+
+def per_gpu(timeline: pd.DataFrame) -> list[pd.DataFrame]:
+    """The timeline of each GPU, by CUDA index; a timeline without a GPU column (one GPU, or an
+    older nvml.csv) is one GPU's."""
+    if GPU not in timeline or timeline[GPU].nunique() <= 1:
+        return [timeline]
+    return [rows for _, rows in timeline.groupby(GPU, sort=True)]
+
+
+def _tick_power(window: pd.DataFrame) -> pd.Series:
+    """The power of all sampled GPUs together at each tick (their rows share the tick time);
+    NaN at a tick where any GPU's power did not read."""
+    power = window.groupby("time")["power_w"]
+    total = power.sum()
+    total[power.count() < power.size()] = math.nan
+    return total
 
 
 def _energy(window: pd.DataFrame) -> tuple[float, float, str]:
@@ -242,12 +273,13 @@ def _energy(window: pd.DataFrame) -> tuple[float, float, str]:
 
 
 def _throttled_share(window: pd.DataFrame) -> float:
-    """Fraction of samples with a real throttle bit set (idle and clock-setting bits ignored)."""
-    reasons = window["clock_event_reasons"]
-    reasons = reasons[np.isfinite(reasons)].astype(np.int64)
-    if reasons.empty:
+    """Fraction of ticks where any GPU had a real throttle bit set (idle and clock-setting bits
+    ignored)."""
+    read = window[np.isfinite(window["clock_event_reasons"])]
+    if read.empty:
         return math.nan
-    return float(((reasons & THROTTLE_MASK) != 0).mean())
+    throttled = (read["clock_event_reasons"].astype(np.int64) & THROTTLE_MASK) != 0
+    return float(throttled.groupby(read["time"]).any().mean())
 
 
 def _cumulative_joules(timeline: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str] | None:
@@ -280,10 +312,10 @@ def _window_joules(timeline: pd.DataFrame, t0: float, t1: float) -> tuple[float,
 
 
 def window_energy(timeline: pd.DataFrame, windows: list[tuple[float, float]]) -> tuple[float, str]:
-    """Energy in J summed over windows (perf_counter seconds) and its source; NaN when any window
-    cannot be measured or there are none."""
-    timeline = timeline[COLUMNS].astype(float)
-    parts = [_window_joules(timeline, t0, t1) for t0, t1 in windows]
+    """Energy in J summed over windows (perf_counter seconds) and over GPUs, and its source; NaN
+    when any window of any GPU cannot be measured or there are none."""
+    parts = [_window_joules(gpu[COLUMNS].astype(float), t0, t1)
+             for gpu in per_gpu(timeline) for t0, t1 in windows]
     if not parts or any(math.isnan(j) for j, _ in parts):
         return math.nan, ""
     return float(sum(j for j, _ in parts)), "+".join(sorted({s for _, s in parts}))
@@ -306,12 +338,20 @@ def summarize_windows(
     energy_j covers each whole window: the energy measured between a window's first and last
     sample is scaled by its length over their span, so the part of the window before the first
     and after the last sample is not lost. Unmeasurable values are NaN, never 0.
+
+    With several GPUs the figures are the node's: energy and mean power are summed over GPUs
+    (power_w_max is the highest tick sum, idle_power_w should be the node's too), utilisation
+    and SM clock are means over GPUs, temperature and nvml_mem_peak_mb the highest of any one
+    GPU, nvml_samples the ticks, and throttled_share the share of ticks where any GPU throttled.
+    One GPU gives its own figures.
     """
     times = timeline["time"]
     in_windows = np.zeros(len(timeline), dtype=bool)
     for t0, t1 in windows:
         in_windows |= ((times >= t0) & (times <= t1)).to_numpy()
-    window = timeline.loc[in_windows, COLUMNS].astype(float)
+    columns = COLUMNS + [GPU] if GPU in timeline else COLUMNS
+    window = timeline.loc[in_windows, columns].astype(float)
+    gpus = pd.DataFrame([_gpu_means(gpu) for gpu in per_gpu(window)])
     energy_j, source = window_energy(timeline, windows)
     duration = sum(t1 - t0 for t0, t1 in windows)
     above_idle = math.nan
@@ -319,13 +359,13 @@ def summarize_windows(
         above_idle = energy_j - idle_power_w * duration
     share = _throttled_share(window)
     return {
-        "nvml_samples": len(window),
-        "gpu_util_mean": float(window["gpu_util"].mean()),
+        "nvml_samples": int(gpus["nvml_samples"].max()),
+        "gpu_util_mean": float(gpus["gpu_util_mean"].mean()),
         "gpu_util_max": float(window["gpu_util"].max()),
-        "mem_util_mean": float(window["mem_util"].mean()),
-        "power_w_mean": float(window["power_w"].mean()),
-        "power_w_max": float(window["power_w"].max()),
-        "sm_clock_mhz_mean": float(window["sm_clock_mhz"].mean()),
+        "mem_util_mean": float(gpus["mem_util_mean"].mean()),
+        "power_w_mean": float(gpus["power_w_mean"].sum(skipna=False)),
+        "power_w_max": float(_tick_power(window).max()),
+        "sm_clock_mhz_mean": float(gpus["sm_clock_mhz_mean"].mean()),
         "temp_c_max": float(window["temp_c"].max()),
         "nvml_mem_peak_mb": float(window["mem_used_mb"].max()),
         "energy_j": energy_j,
@@ -335,3 +375,10 @@ def summarize_windows(
         "throttled_share": share,
         "throttled": share > THROTTLED_SHARE_LIMIT if math.isfinite(share) else math.nan,
     }
+
+
+def _gpu_means(window: pd.DataFrame) -> dict:
+    """One GPU's sample count and mean readings in the windows, for summarize_windows to combine."""
+    return {"nvml_samples": len(window), "gpu_util_mean": window["gpu_util"].mean(),
+            "mem_util_mean": window["mem_util"].mean(), "power_w_mean": window["power_w"].mean(),
+            "sm_clock_mhz_mean": window["sm_clock_mhz"].mean()}
