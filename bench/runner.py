@@ -315,7 +315,8 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
     curves = [c for r in runs for c in r.curves]
     compiled = variant.compiled
     return {
-        **variant.settings(), "seed": cfg.seed, "world_size": cfg.world_size, "status": "ok", "error": "", "epochs": cfg.epochs, "repeats": cfg.repeats,
+        **variant.settings(), "seed": cfg.seed, "world_size": cfg.world_size, "status": "ok", "error": "",
+        "epochs": cfg.epochs, "repeats": cfg.repeats,
         "train_samples": len(cfg.train_ids), "val_samples": len(cfg.val_ids), "loader_form": last.val_loader.form,
         "optimizer": last.trainer.optimizer_name, "params": count_parameters(last.trainer.model),
         "params_stored": count_stored_parameters(last.trainer.model),

@@ -96,15 +96,13 @@ def _data(args, run_dir: Path, rank0: bool):
 
 
 def _run(args, job) -> int:
-    from bench.config import RunConfig, RunContext
+    from bench.config import RunContext
     from bench.distributed import is_rank0
-    from bench.instruments.env import collect_env, hardware_key
     from bench.matrix import run_matrix
     from bench.rundir import code_version, open_run_dir, sigterm_as_interrupt, split_fingerprint
     from loaders.check import check_dataset
-    from loaders.split import stratified_subset
     from reports.markdown import write_report
-    from reports.results import FINGERPRINT, SCHEMA_VERSION
+    from reports.results import FINGERPRINT
 
     device = _device(args, job)
     rank0 = is_rank0()
@@ -116,22 +114,12 @@ def _run(args, job) -> int:
         print(f"{torch.cuda.get_device_name(device)} has no bf16: --amp uses fp16 (with GradScaler)")
         amp_dtype = "fp16"
     profile_name = args.profile or default_profile(device.type)
-    profile = PROFILES[profile_name]
     variants = matrix(args, profile_name, amp_dtype)
     if args.kernels:
         announce_kernels(args.kernels, device)
     run_dir = run_dir_path(args.resume or args.out)
     root, split, split_path = _data(args, run_dir, rank0)
-    cfg = RunConfig(
-        data_root=root,
-        train_ids=stratified_subset(split["train"], profile["train_limit"]),
-        val_ids=stratified_subset(split["val"], profile["val_limit"]),
-        device=device, epochs=args.epochs or profile["epochs"], seed=args.seed, warmup_steps=args.warmup_steps,
-        target_acc=args.target_acc, repeats=args.repeats, infer_batch_sizes=tuple(args.infer_batch_sizes),
-        infer_iters=profile["infer_iters"], workers=args.workers, progress=rank0 and not args.no_progress,
-        reference_steps=profile["reference_steps"] if job.world_size == 1 else 0,  # the plain loop is one process's
-        robustness=ROBUSTNESS_DEFAULT[profile_name] if args.robustness is None else args.robustness,
-        world_size=job.world_size, rank=job.rank, kernels=args.kernels)
+    cfg = _config(args, job, device, profile_name, root, split)
     seeds = list(dict.fromkeys(args.seeds or [args.seed]))
     ctx = RunContext()
     if not rank0:  # trains its shard; rank 0 checks the data, writes and reports
@@ -144,12 +132,7 @@ def _run(args, job) -> int:
     check.raise_if_broken()  # a DatasetError: exit code 2 (bench/cli.py), before any training
     settings = {"epochs": cfg.epochs, "profile": profile_name, "seed": args.seed, "data": check.fingerprint,
                 "split": split_fingerprint(split), "code": code_version()}
-    env = {"schema_version": SCHEMA_VERSION, **collect_env(device), "profile": profile_name, "data": root,
-           "split": split_path, "command": " ".join(sys.argv), "world_size": job.world_size}
-    env["hardware"] = hardware_key(env)
-    if device.type == "cuda" and job.enabled:
-        from bench.distributed import node_gpus
-        env["node_gpus"] = node_gpus()
+    env = _env(device, job, profile_name, root, split_path)
     _start_nvml(replace(cfg, world_size=1, rank=0), ctx, args.nvml_period, variants[0], env,  # rank 0 alone
                 nvml_devices(device, job.world_size))
     run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841 (held until run() returns)
@@ -168,6 +151,36 @@ def _run(args, job) -> int:
             ctx.sampler.stop()
     print(f"report: {run_dir / 'report.md'}" + (f" ({failures} variants failed)" if failures else ""))
     return 1 if failures else 0
+
+
+def _config(args, job, device: torch.device, profile_name: str, root: str, split: dict):
+    """The run's frozen settings: the flags, with the profile filling what they leave out."""
+    from bench.config import RunConfig
+    from loaders.split import stratified_subset
+    profile = PROFILES[profile_name]
+    return RunConfig(
+        data_root=root,
+        train_ids=stratified_subset(split["train"], profile["train_limit"]),
+        val_ids=stratified_subset(split["val"], profile["val_limit"]),
+        device=device, epochs=args.epochs or profile["epochs"], seed=args.seed, warmup_steps=args.warmup_steps,
+        target_acc=args.target_acc, repeats=args.repeats, infer_batch_sizes=tuple(args.infer_batch_sizes),
+        infer_iters=profile["infer_iters"], workers=args.workers, progress=job.rank == 0 and not args.no_progress,
+        reference_steps=profile["reference_steps"] if job.world_size == 1 else 0,  # the plain loop is one process's
+        robustness=ROBUSTNESS_DEFAULT[profile_name] if args.robustness is None else args.robustness,
+        world_size=job.world_size, rank=job.rank, kernels=args.kernels)
+
+
+def _env(device: torch.device, job, profile_name: str, root: str, split_path: str) -> dict:
+    """env.json: the schema version, the hardware and software fingerprint and how the run was made."""
+    from bench.instruments.env import collect_env, hardware_key
+    from reports.results import SCHEMA_VERSION
+    env = {"schema_version": SCHEMA_VERSION, **collect_env(device), "profile": profile_name, "data": root,
+           "split": split_path, "command": " ".join(sys.argv), "world_size": job.world_size}
+    env["hardware"] = hardware_key(env)
+    if device.type == "cuda" and job.enabled:
+        from bench.distributed import node_gpus
+        env["node_gpus"] = node_gpus()
+    return env
 
 
 def announce_kernels(path: str, device: torch.device) -> None:
