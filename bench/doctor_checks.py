@@ -10,7 +10,6 @@ import functools
 import importlib.util
 import math
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from bench.config import RunConfig
 from bench.instruments.env import collect_env, hardware_key
 from bench.instruments.nvml import NvmlSampler, nvml_unavailable_reason, pci_bus_id, summarize
 from bench.instruments.timing import Clock
-from bench.runner import measure
+from bench.runner import error_line, measure
 from bench.variants import COMPILE_MODES, Variant
 from loaders import LOADERS, make_loader
 from loaders.dataset import discover_ids, label_of
@@ -62,9 +61,8 @@ class Setup:
 
 
 def one_line(error: BaseException) -> str:
-    """`Type: message` on one line, as a table cell can hold it."""
-    text = traceback.format_exception_only(type(error), error)[-1]
-    return " ".join(text.split())[:300]
+    """`Type: message` on one line, short enough for the table's reason cell."""
+    return error_line(error, limit=300)
 
 
 def run_check(check, setup: Setup) -> tuple[str, str, float]:

@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.instruments.timing import rate, time_calls
+from bench.trainer import AMP_DTYPES  # the precision names; nothing of the Trainer itself
 from bench.variants import Variant
 from models import build_model
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def reference_samples_per_s(variant: Variant, device: torch.device, steps: int, warmup: int = 5,
@@ -37,8 +36,8 @@ def reference_samples_per_s(variant: Variant, device: torch.device, steps: int, 
     optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, device=device) if captured else lr,
                                  fused=device.type == "cuda", capturable=captured)
     scaler = torch.amp.GradScaler(device.type) if variant.precision == "fp16" else None
-    amp = (torch.autocast(device.type, dtype=_DTYPES[variant.precision], cache_enabled=not captured)
-           if variant.precision in _DTYPES else nullcontext())
+    amp = (torch.autocast(device.type, dtype=AMP_DTYPES[variant.precision], cache_enabled=not captured)
+           if variant.precision in AMP_DTYPES else nullcontext())
     cudagraphs = variant.compile_mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
     b = variant.batch_size
     rgb = torch.rand(b, 4, 64, 64, device=device).contiguous(memory_format=fmt)

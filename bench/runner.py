@@ -366,7 +366,12 @@ def _flops_per_sample(trainer: Trainer) -> float:
     return mfu.train_flops_per_sample(trainer.model, rgb, lidar)
 
 
+def error_line(error: BaseException, limit: int = 500) -> str:
+    """`Type: message` on one line (the exception's own words, not a traceback), for a CSV or table cell."""
+    text = traceback.format_exception_only(type(error), error)[-1]
+    return " ".join(text.split())[:limit]
+
+
 def failed_row(variant: Variant, error: BaseException) -> dict:
     """The row of a variant that raised: its settings, status failed and the error's last line."""
-    lines = traceback.format_exception_only(type(error), error)
-    return {**variant.settings(), "status": "failed", "error": " ".join(lines[-1].split())[:500]}
+    return {**variant.settings(), "status": "failed", "error": error_line(error)}
