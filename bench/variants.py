@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # "step": the model compiled in mode default and the whole training step (forward, backward, fused
-# capturable Adam) replayed as one CUDA graph (bench.step_capture)
+# capturable Adam) replayed as one CUDA graph (bench.worker.step_capture)
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "step")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 CHANNELS = ("seed", "aligned")  # models.CHANNEL_LAYOUTS: conv widths as the seed's, or padded to multiples of 8

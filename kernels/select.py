@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+KERNELS = ("input_prep", "relu_maxpool")  # the kernels `bench kernels` times and `bench all --kernels` may use
 COLUMNS = ["kernel", "case", "dtype", "layout", "batch_size", "device_name", "kernel_ms", "eager_ms",
            "compiled_ms", "speedup_vs_eager", "speedup_vs_compiled", "wins"]
 

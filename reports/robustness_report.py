@@ -1,6 +1,6 @@
 """robustness.csv: accuracy of each trained network with one sensor degraded, and its report.
 
-One row per variant, seed and condition (bench.robustness documents the conditions and levels).
+One row per variant, seed and condition (bench.worker.robustness documents the conditions and levels).
 The section puts the clean accuracy first in each row, so the cost of a degradation reads off
 beside it, and names the network that keeps the most accuracy when a modality is missing.
 """

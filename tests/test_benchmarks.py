@@ -20,7 +20,7 @@ import torch
 
 from bench.config import RunConfig
 from bench.instruments.env import collect_env, hardware_key
-from bench.runner import Trainer
+from bench.worker.runner import Trainer
 from bench.variants import Variant
 from conftest import requires_cuda
 from loaders import make_loader

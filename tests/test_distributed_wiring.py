@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from bench import distributed
-from bench import matrix as run_module
+from bench.parent import matrix as run_module
 from bench.commands import all as all_command
 from bench.config import RunConfig
-from bench.matrix import run_matrix
-from bench.runner import VariantResult
+from bench.parent.matrix import run_matrix
+from bench.worker.runner import VariantResult
 from bench.variants import Variant
 from loaders import make_loader
 from loaders.dataset import discover_ids, label_of
@@ -113,7 +113,7 @@ def test_rank0_samples_every_local_gpu_under_torchrun(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert all_command.nvml_devices(cuda0, world_size=4) == [cuda0, torch.device("cuda", 1)]
 
-    from bench import nvml_overhead
+    from bench.parent import nvml_overhead
     from bench.config import RunContext
     from bench.instruments import nvml
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from bench import runner
+from bench.worker import runner
 from bench.config import RunConfig
-from bench.matrix import run_matrix
-from bench.runner import measure
+from bench.parent.matrix import run_matrix
+from bench.worker.runner import measure
 from bench.variants import Variant
 from loaders.dataset import discover_ids
 from loaders.split import make_split

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import requires_cuda
 
-from bench import doctor_checks
+from bench.commands import doctor_checks
 from bench.cli import main
-from bench.doctor_checks import FAIL, PASS, SKIP, Setup, check_compile, check_cuda_events, check_loader, check_nvml
-from bench.doctor_checks import check_precision, checks, environment, run_check
+from bench.commands.doctor_checks import FAIL, PASS, SKIP, Setup, check_compile, check_cuda_events, check_loader, check_nvml
+from bench.commands.doctor_checks import check_precision, checks, environment, run_check
 from loaders.generate import generate_dataset
 
 GPU = torch.device("cuda", 0)

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import runner
+from bench.worker import runner
 from bench.config import RunConfig, RunContext
 from bench.instruments.nvml import COLUMNS
-from bench.reference_loop import reference_samples_per_s
-from bench.trainer import Trainer, adam
+from bench.worker.reference_loop import reference_samples_per_s
+from bench.worker.trainer import Trainer, adam
 from bench.variants import Variant
 from loaders.dataset import discover_ids
 from loaders.split import make_split
@@ -36,7 +36,7 @@ def test_reference_loop_trains_the_variant_model():
 
 def test_reference_loop_builds_the_variants_channel_layout(monkeypatch):
     """harness_efficiency compares like with like: an aligned variant's plain loop trains the aligned network."""
-    from bench import reference_loop
+    from bench.worker import reference_loop
     built, real = [], reference_loop.build_model
     monkeypatch.setattr(reference_loop, "build_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
     assert reference_samples_per_s(Variant("add", channels="aligned", batch_size=2), torch.device("cpu"), 1, 1) > 0
@@ -69,7 +69,7 @@ def test_step_mode_captures_on_the_first_batch_and_trains_like_eager(cfg, monkey
     """The Trainer's --compile-mode step path into CapturedStep, with the CUDA-only calls stood in
     for as in test_step_capture.py (warm-up runs the body, each replay runs it again) and
     torch.compile the identity: captured once, then the same losses and weights as eager."""
-    from bench import step_capture
+    from bench.worker import step_capture
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
     monkeypatch.setattr(step_capture, "fallback_reason", lambda device: None)
     monkeypatch.setattr(step_capture, "_warm_up", lambda body, steps: [body() for _ in range(steps)])

@@ -76,7 +76,7 @@ def test_peak_flops_known_gpus():
 
 
 def test_fp32_variants_are_held_to_the_tf32_peak_while_cudnn_may_use_it(monkeypatch):
-    from bench.runner import _peak_precision
+    from bench.worker.runner import _peak_precision
     from bench.variants import Variant
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     assert _peak_precision(Variant("add")) == "tf32"

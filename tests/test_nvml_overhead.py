@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench.nvml_overhead import paired_overhead
+from bench.parent.nvml_overhead import paired_overhead
 
 
 def fake_rates(overhead_pct: float, noise_pct: float, seed: int = 0):

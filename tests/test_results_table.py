@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 
-from bench import matrix as run_module
+from bench.parent import matrix as run_module
 from bench.config import RunConfig
-from bench.matrix import run_matrix
-from bench.runner import VariantResult
+from bench.parent.matrix import run_matrix
+from bench.worker.runner import VariantResult
 from bench.variants import Variant
 from reports.markdown import write_report
 from reports.results import RESULT_COLUMNS, RESULTS, append_rows, done_variants, read_table

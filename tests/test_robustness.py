@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.robustness import CONDITIONS, DROPOUT_SHARES, NOISE_SIGMAS, Condition, degrade, evaluate_robustness
+from bench.worker.robustness import CONDITIONS, DROPOUT_SHARES, NOISE_SIGMAS, Condition, degrade, evaluate_robustness
 from loaders import make_loader
 from loaders.dataset import NO_RETURN_DEPTH, depth_to_xyza, discover_ids
 from loaders.split import make_split

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.rundir import LOCK, code_version, lock, open_run_dir, sigterm_as_interrupt, split_fingerprint
+from bench.parent.rundir import LOCK, code_version, lock, open_run_dir, sigterm_as_interrupt, split_fingerprint
 from reports.results import RESULTS, read_env, read_table
 
 SETTINGS = {"epochs": 3, "profile": "quick", "seed": 42, "data": "abc", "split": "def", "code": "v1"}
@@ -42,7 +42,7 @@ def test_out_on_an_existing_run_is_refused_unless_forced(tmp_path):
 
 
 def test_a_folder_without_a_run_is_used(tmp_path):
-    """E.g. split.json saved there because the data folder is read-only (bench.datasource)."""
+    """E.g. split.json saved there because the data folder is read-only (bench.parent.datasource)."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "split.json").write_text("{}")

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import matrix as run_module
-from bench.matrix import run_matrix
-from bench.runner import measure
+from bench.parent import matrix as run_module
+from bench.parent.matrix import run_matrix
+from bench.worker.runner import measure
 from bench.variants import CHANNELS, Variant
 from conftest import tiny_config
 from loaders.dataset import discover_ids
@@ -130,7 +130,7 @@ def test_ctrl_c_leaves_a_valid_partial_report(tiny_data, split, tmp_path, monkey
 
 
 def fake_result(variant):
-    from bench.runner import VariantResult
+    from bench.worker.runner import VariantResult
     row = {**variant.settings(), "status": "ok", "error": "", "epochs": 1, "train_samples": 16, "val_samples": 16,
            "loader_form": "png", "params": 1, "val_loss": 0.5, "accuracy": 75.0, "sec_per_epoch": 1.0,
            "train_samples_per_s": 10.0, "target_acc": 99.0, "peak_mem_kind": "process_peak_rss", "peak_mem_mb": 1.0}
@@ -208,7 +208,7 @@ class TinyPoolNet(torch.nn.Module):
 def test_relu_maxpool_kernel_only_where_it_won_and_named_in_the_row(tiny_data, split, tmp_path, monkeypatch):
     """On a CPU use_kernel is False whatever the table says, and the torch path runs; where it
     says the kernel won (patched), the network pools with it (TRITON_INTERPRET=1 here)."""
-    from bench import trainer as trainer_module
+    from bench.worker import trainer as trainer_module
     from kernels import relu_maxpool
     from kernels.select import COLUMNS
     monkeypatch.setattr(trainer_module, "build_model", lambda arch, downsample, channels: TinyPoolNet())

@@ -6,12 +6,12 @@ from argparse import Namespace
 import pandas as pd
 import pytest
 
-from bench import matrix as run_module
+from bench.parent import matrix as run_module
 from bench.commands import report as report_command
 from bench.config import RunConfig
-from bench.matrix import run_matrix
-from bench.robustness import CONDITIONS
-from bench.runner import VariantResult, measure
+from bench.parent.matrix import run_matrix
+from bench.worker.robustness import CONDITIONS
+from bench.worker.runner import VariantResult, measure
 from bench.variants import Variant
 from conftest import tiny_config
 from reports.results import RESULTS, done_runs

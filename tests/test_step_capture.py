@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench import step_capture
-from bench.step_capture import CapturedStep, EagerStep, capturable_adam, check_optimizer, make_step
+from bench.worker import step_capture
+from bench.worker.step_capture import CapturedStep, EagerStep, capturable_adam, check_optimizer, make_step
 from conftest import requires_cuda
 
 

@@ -4,13 +4,13 @@ import argparse
 import os
 import sys
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from bench.options import (PROFILES, ROBUSTNESS_DEFAULT, add_data_args, add_matrix_args, csv_list, default_profile, matrix,
                            positive, resolve_device)
+from bench.parent.rundir import run_dir_path
 
 
 def add_parser(sub) -> None:
@@ -39,11 +39,6 @@ def add_parser(sub) -> None:
                    "starts torchrun; for several nodes run torchrun yourself (README)")
     p.add_argument("--scaling", action="store_true", help="with --nproc N: also train on one process into the "
                    "same run directory and report the scaling efficiency")
-
-
-def run_dir_path(out: str | None, prefix: str = "") -> Path:
-    """The run directory's path; created by the first file written, so bad input leaves none behind."""
-    return Path(out) if out else Path("runs") / f"{prefix}{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def run(args) -> int:
@@ -85,7 +80,7 @@ def _device(args, job) -> torch.device:
 def _data(args, run_dir: Path, rank0: bool):
     """(root, split, split path): rank 0 alone finds or generates the data and split (one writer),
     the other ranks receive them (torchrun's nodes must see the same --data path)."""
-    from bench.datasource import resolve_data, resolve_split
+    from bench.parent.datasource import resolve_data, resolve_split
     from bench.distributed import broadcast_from_rank0
     found = None
     if rank0:
@@ -98,8 +93,8 @@ def _data(args, run_dir: Path, rank0: bool):
 def _run(args, job) -> int:
     from bench.config import RunContext
     from bench.distributed import is_rank0
-    from bench.matrix import run_matrix
-    from bench.rundir import code_version, open_run_dir, sigterm_as_interrupt, split_fingerprint
+    from bench.parent.matrix import run_matrix
+    from bench.parent.rundir import code_version, open_run_dir, sigterm_as_interrupt, split_fingerprint
     from loaders.check import check_dataset
     from reports.markdown import write_report
     from reports.results import FINGERPRINT
@@ -185,8 +180,7 @@ def _env(device: torch.device, job, profile_name: str, root: str, split_path: st
 
 def announce_kernels(path: str, device: torch.device) -> None:
     """Checks --kernels before any training and says which kernels this device will use."""
-    from bench.commands.kernels import KERNELS
-    from kernels.select import use_kernel
+    from kernels.select import KERNELS, use_kernel
     if not Path(path).exists():
         raise ValueError(f"--kernels {path}: no such file or folder (expected a kernels.csv of bench kernels)")
     used = [kernel for kernel in KERNELS if use_kernel(kernel, device, path)]
@@ -206,7 +200,7 @@ def nvml_devices(device: torch.device, world_size: int) -> list[torch.device]:
 def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict, devices: list[torch.device]) -> None:
     """Starts the sampler when NVML can watch these devices; else records why its columns are empty."""
     from bench.instruments.nvml import NvmlSampler, nvml_unavailable_reason
-    from bench.nvml_overhead import sampler_overhead
+    from bench.parent.nvml_overhead import sampler_overhead
     reason = next(filter(None, map(nvml_unavailable_reason, devices)), None)
     if reason:
         ctx.nvml_reason = reason

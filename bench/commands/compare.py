@@ -1,6 +1,6 @@
 """`bench compare RUN_A RUN_B ...`: runs side by side, as ratios to the first, with verdicts."""
 
-from bench.commands.all import run_dir_path
+from bench.parent.rundir import run_dir_path
 
 
 def add_parser(sub) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.doctor_checks import FAIL, Setup, checks, environment, one_line, run_check
+from bench.commands.doctor_checks import FAIL, Setup, checks, environment, one_line, run_check
 from bench.options import resolve_device
 
 

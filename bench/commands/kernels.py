@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 
 from bench.options import csv_list, positive, resolve_device
+from kernels.select import KERNELS
 
-KERNELS = ("input_prep", "relu_maxpool")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -109,7 +109,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     import triton.testing
-    from bench.commands.all import run_dir_path
+    from bench.parent.rundir import run_dir_path
     device = resolve_device(args.device)
     out = run_dir_path(args.out, "kernels-")
     if device.type != "cuda":

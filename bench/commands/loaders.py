@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from bench.datasource import resolve_data, resolve_split
+from bench.parent.datasource import resolve_data, resolve_split
 from bench.instruments import memory
 from bench.instruments.timing import Clock, percentiles
 from bench.options import add_data_args, csv_list, positive, resolve_device
@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from bench.commands.all import run_dir_path
+    from bench.parent.rundir import run_dir_path
     device = resolve_device(args.device)
     run_dir = run_dir_path(args.out, "loaders-")  # made once data resolves
     root, ids = resolve_data(args.data, args.per_class, args.seed)

@@ -26,6 +26,11 @@ LOCK = "run.lock"
 SETTINGS_KEY = "settings"
 
 
+def run_dir_path(out: str | None, prefix: str = "") -> Path:
+    """The run directory's path; created by the first file written, so bad input leaves none behind."""
+    return Path(out) if out else Path("runs") / f"{prefix}{datetime.now():%Y%m%d-%H%M%S}"
+
+
 def code_version() -> str:
     """`git describe --always --dirty` of the checkout the code runs from, else the package version."""
     here = Path(__file__).resolve().parent

@@ -19,8 +19,8 @@ from bench import distributed
 from bench.config import RunConfig, RunContext
 from bench.instruments import memory, mfu
 from bench.instruments.timing import Clock, StepTimes, percentiles, rate, time_calls
-from bench.reference_loop import reference_samples_per_s
-from bench.trainer import Trainer
+from bench.worker.reference_loop import reference_samples_per_s
+from bench.worker.trainer import Trainer
 from bench.variants import Variant
 from kernels.select import use_kernel
 from loaders import make_loader
@@ -37,7 +37,7 @@ class VariantResult:
     row: dict
     curves: list[dict]
     inference: list[dict]
-    robustness: list[dict] = field(default_factory=list)  # a row per bench.robustness condition
+    robustness: list[dict] = field(default_factory=list)  # a row per bench.worker.robustness condition
 
 
 @dataclass
@@ -272,7 +272,7 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
 def _robustness(run: TrainingRun, variant: Variant, cfg: RunConfig) -> list[dict]:
     """The last trained model's validation accuracy under each sensor degradation (eval mode,
     the validation loader's order, one generator per condition seeded with the run's seed)."""
-    from bench.robustness import CONDITIONS, evaluate_robustness
+    from bench.worker.robustness import CONDITIONS, evaluate_robustness
     trainer = run.trainer
     trainer.model.eval()
     try:

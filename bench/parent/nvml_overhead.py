@@ -15,7 +15,7 @@ from scipy import stats
 
 from bench.config import RunConfig, RunContext
 from bench.instruments.timing import rate, time_calls
-from bench.trainer import Trainer
+from bench.worker.trainer import Trainer
 from bench.variants import Variant
 
 

@@ -6,7 +6,7 @@ import torch
 
 from bench import distributed
 from bench.config import RunConfig
-from bench.step_capture import capturable_adam, fallback_reason, make_step
+from bench.worker.step_capture import capturable_adam, fallback_reason, make_step
 from bench.variants import Variant
 from kernels.select import use_kernel
 from models import build_model, fuse_relu_maxpool
@@ -66,7 +66,7 @@ class Trainer:
         else:
             self.optimizer, self.optimizer_name = adam(self.model.parameters(), cfg.lr, self.device)
         self.note = (fallback_reason(self.device) or "") if self.whole_step else ""  # why the step is not captured
-        self.captured = None  # step: made on the first batch (bench.step_capture.make_step)
+        self.captured = None  # step: made on the first batch (bench.worker.step_capture.make_step)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         # GradScaler only where fp16 needs it: a disabled scaler still costs calls every step
         self.scaler = torch.amp.GradScaler(self.device.type) if variant.precision == "fp16" else None

@@ -19,7 +19,7 @@ from bench.config import RunConfig
 from bench.instruments.env import collect_env, hardware_key
 from bench.instruments.nvml import NvmlSampler, nvml_unavailable_reason, pci_bus_id, summarize
 from bench.instruments.timing import Clock
-from bench.runner import error_line, measure
+from bench.worker.runner import error_line, measure
 from bench.variants import COMPILE_MODES, Variant
 from loaders import LOADERS, make_loader
 from loaders.dataset import discover_ids, label_of

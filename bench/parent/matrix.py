@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from bench.config import RunConfig, RunContext
 from bench.distributed import broadcast_from_rank0, is_rank0
-from bench.runner import failed_row, measure
+from bench.worker.runner import failed_row, measure
 from bench.variants import Variant
 from loaders.dataset import DatasetError
 from reports.markdown import write_report

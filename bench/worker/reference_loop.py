@@ -9,7 +9,7 @@ against the harness.
 `--compile-mode step` is held to the plain whole-step capture loop: the model compiled in mode
 default and the whole step (forward, backward, fused capturable Adam) recorded once as a CUDA
 graph with PyTorch's recipe (warm up on a side stream, capture, replay), written here on its own
-rather than with bench.step_capture, so a cost of that module shows as harness overhead. Off CUDA
+rather than with bench.worker.step_capture, so a cost of that module shows as harness overhead. Off CUDA
 it is the compiled loop (mode default), as the Trainer falls back there.
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.instruments.timing import rate, time_calls
-from bench.trainer import AMP_DTYPES  # the precision names; nothing of the Trainer itself
+from bench.worker.trainer import AMP_DTYPES  # the precision names; nothing of the Trainer itself
 from bench.variants import Variant
 from models import build_model
 
