@@ -71,6 +71,6 @@ def _graph(step, warmup: int):
             step()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # loader threads may touch CUDA meanwhile
         step()
     return graph.replay
