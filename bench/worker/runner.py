@@ -92,8 +92,11 @@ def _loader(variant: Variant, cfg: RunConfig, ctx: RunContext, ids: list[str], t
 
 def _loader_kernels(variant: Variant, cfg: RunConfig) -> list[str]:
     """The Triton kernels the variant's loader uses: input preparation, only in the DALI loader
-    (its batches arrive raw on the device; the other loaders prepare on the host or once)."""
-    return ["input_prep"] if variant.loader == "dali" and use_kernel("input_prep", cfg.device, cfg.kernels) else []
+    (its batches arrive raw on the device; the other loaders prepare on the host or once), which
+    prepares fp32 contiguous batches whatever the variant trains in."""
+    if variant.loader != "dali":
+        return []
+    return ["input_prep"] if use_kernel("input_prep", cfg.device, cfg.kernels, dtype="fp32", layout="contiguous") else []
 
 
 def _global_rate(ms: np.ndarray, batch_size: int, cfg: RunConfig) -> float:
@@ -219,7 +222,8 @@ def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> float:
     key = replace(variant, loader="", epochs=None)
     if key not in ctx.reference_cache:
         ctx.reference_cache[key] = reference_samples_per_s(variant, cfg.device, cfg.reference_steps,
-                                                           warmup=cfg.warmup_steps, lr=cfg.lr, seed=cfg.seed)
+                                                           warmup=cfg.warmup_steps, lr=cfg.lr, seed=cfg.seed,
+                                                           kernels=cfg.kernels)
     return ctx.reference_cache[key]
 
 
