@@ -30,7 +30,7 @@ def test_fp32_row_has_every_measurement(tiny_data, split):
     assert 0 <= row["data_wait_share"] < 1
     assert row["peak_mem_kind"] == "process_peak_rss" and row["peak_mem_mb"] > 0
     assert row["flops_per_sample"] > 1e8
-    assert row["mfu"] is None and "no CUDA" in row["nvml_note"]  # CPU: n/a with the reason, never 0
+    assert row["mfu_per_gpu"] is None and "no CUDA" in row["nvml_note"]  # CPU: n/a with the reason, never 0
     assert row["samples_trained"] == 2 * 2 * 8
     assert row["optimizer"] == "adam-forloop" and row["reference_samples_per_s"] > 0
     assert row["harness_efficiency"] == pytest.approx(row["train_samples_per_s"] / row["reference_samples_per_s"])
