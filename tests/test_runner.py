@@ -221,7 +221,7 @@ def test_relu_maxpool_kernel_only_where_it_won_and_named_in_the_row(tiny_data, s
     cfg = config(tiny_data, split, reference_steps=0, kernels=str(table))
     variant = Variant("add", batch_size=8, loader="resident")
     assert measure(variant, cfg).row["kernels"] == "" and calls == []
-    monkeypatch.setattr(trainer_module, "use_kernel", lambda kernel, device, results: kernel == "relu_maxpool")
+    monkeypatch.setattr(trainer_module, "use_kernel", lambda kernel, device, results, **case: kernel == "relu_maxpool")
     row = measure(variant, cfg).row
     assert row["status"] == "ok" and row["kernels"] == "relu_maxpool" and math.isfinite(row["final_train_loss"])
     assert (8, 2, 16, 16) in calls  # the training batches pooled by the kernel
