@@ -89,9 +89,9 @@ def measure(case: Case, timer: Callable, device_name: str, compile: bool = True)
     compiled = torch.compile(case.reference, dynamic=False) if compile else None
     compiled_ms = timer(lambda: case.run(compiled)) if compile else math.nan
     return {"kernel": case.kernel, "case": case.case, "dtype": case.dtype, "layout": case.layout,
-            "channels": case.channels, "batch_size": case.batch_size, "device_name": device_name, "kernel_ms": kernel_ms, "eager_ms": eager_ms,
-            "compiled_ms": compiled_ms, "speedup_vs_eager": eager_ms / kernel_ms,
-            "speedup_vs_compiled": compiled_ms / kernel_ms, "wins": bool(kernel_ms < min(eager_ms, compiled_ms))}
+            "channels": case.channels, "batch_size": case.batch_size, "device_name": device_name,
+            "kernel_ms": kernel_ms, "eager_ms": eager_ms, "compiled_ms": compiled_ms,
+            "speedup_vs_eager": eager_ms / kernel_ms, "speedup_vs_compiled": compiled_ms / kernel_ms, "wins": bool(kernel_ms < min(eager_ms, compiled_ms))}
 
 
 def write_tables(rows: list[dict], out, title: str, note: str) -> str:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.instruments.timing import rate, time_calls
-from bench.worker.trainer import AMP_DTYPES, fuse_kernels  # the precision names and the network's kernels; not the Trainer
+from bench.worker.trainer import AMP_DTYPES, fuse_kernels  # precision names, the row's kernels; not the Trainer
 from bench.variants import Variant
 from models import build_model
 

@@ -96,7 +96,8 @@ def _loader_kernels(variant: Variant, cfg: RunConfig) -> list[str]:
     prepares fp32 contiguous batches whatever the variant trains in."""
     if variant.loader != "dali":
         return []
-    return ["input_prep"] if use_kernel("input_prep", cfg.device, cfg.kernels, dtype="fp32", layout="contiguous") else []
+    used = use_kernel("input_prep", cfg.device, cfg.kernels, dtype="fp32", layout="contiguous")
+    return ["input_prep"] if used else []
 
 
 def _global_rate(ms: np.ndarray, batch_size: int, cfg: RunConfig) -> float:
@@ -342,7 +343,8 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
         "final_train_loss": last.curves[-1]["train_loss"], "flops_per_sample": flops,
         "flops_per_sample_stored": flops_stored,
         # train_sps is every rank's samples over the slowest rank's time: one GPU did 1 / world_size of them
-        "mfu_per_gpu": mfu.mfu(flops, train_sps / cfg.world_size, gpu_name, _peak_precision(variant)) if gpu_name else None,
+        "mfu_per_gpu": mfu.mfu(flops, train_sps / cfg.world_size, gpu_name, _peak_precision(variant))
+        if gpu_name else None,
         "peak_mem_excludes": memory.excluded(cfg.device, variant.loader),
         "samples_trained": sum(r.samples for r in runs) * cfg.world_size,  # every rank trains an equal shard
         "kernels": ",".join(last.trainer.kernels + _loader_kernels(variant, cfg)), "note": last.trainer.note,

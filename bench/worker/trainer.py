@@ -63,7 +63,7 @@ class Trainer:
         self.memory_format = memory_format(variant)
         self.model = build_model(variant.arch, variant.downsample, channels=variant.channels)
         self.model.to(self.device, memory_format=self.memory_format)
-        self.kernels = fuse_kernels(self.model, variant, self.device, cfg.kernels)  # the Triton kernels it uses, for the row
+        self.kernels = fuse_kernels(self.model, variant, self.device, cfg.kernels)  # the Triton kernels, for the row
         self.whole_step = variant.compile_mode == "step"
         if self.whole_step and cfg.world_size > 1:
             raise ValueError("--compile-mode step captures one process's step; under torchrun DDP's all-reduce "
