@@ -240,7 +240,7 @@ def test_the_reference_loop_builds_its_network_with_the_rows_kernels(monkeypatch
     monkeypatch.setattr(trainer, "use_kernel", lambda kernel, device, results, **case: results == "won.csv")
     built, real = [], reference_loop.build_model
     monkeypatch.setattr(reference_loop, "build_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
-    monkeypatch.setattr(reference_loop, "time_calls", lambda step, steps, device, warmup: np.ones(steps))
+    monkeypatch.setattr(reference_loop, "time_calls", lambda step, steps, device, warmup=0: np.ones(steps))
     variant, cpu = Variant("add", batch_size=2), torch.device("cpu")
     reference_loop.reference_samples_per_s(variant, cpu, steps=1, warmup=0, kernels="won.csv")
     reference_loop.reference_samples_per_s(variant, cpu, steps=1, warmup=0, kernels=None)

@@ -104,9 +104,9 @@ def write_tables(rows: list[dict], out, title: str, note: str) -> str:
         chosen = sorted(winners(table, rows[0]["device_name"]))
         shown = table.drop(columns=["device_name"]).astype(object)
         markdown = shown.where(shown.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="n/a")
-        text += (f"\nWins every case on this GPU: {', '.join(chosen) or 'none'}. `bench all --kernels` uses a kernel "
-                 "for a variant only where it wins every case of the variant's precision, memory format and channel "
-                 f"widths (all batch sizes). speedup = reference ms / kernel ms.\n\n{markdown}\n")
+        text += (f"\nUsed on this GPU (the kernel wins every case): {', '.join(chosen) or 'none'}. A kernel that wins "
+                 "only some cases is used for the variants whose cases it all wins (their precision, memory format and "
+                 f"channel widths, at every batch size timed). speedup = reference ms / kernel ms.\n\n{markdown}\n")
     (out / "kernels.md").write_text(text)
     return text
 
