@@ -20,15 +20,45 @@ def _fmt(table: pd.DataFrame, digits: dict) -> pd.DataFrame:
     return out.fillna("n/a")
 
 
+NVML_MEMORY_LABEL = "NVML device used peak MB (whole GPU, steady steps)"
+
+
+def memory_label(kind: str, excludes: str) -> str:
+    """The peak column's header: what it measured, and what it leaves out where it does."""
+    label = MEMORY_LABELS.get(kind, kind)
+    return f"{label[:-1]}; without {excludes})" if excludes and label.endswith(")") else label
+
+
 def seed_table(ok: pd.DataFrame) -> str:
-    """The seed study's columns, one row per variant; memory labelled with what it measured."""
+    """The seed study's columns, one row per variant; memory labelled with what it measured and
+    what it leaves out, with NVML's device memory used beside it where the run sampled NVML."""
     parts = []
-    for kind, group in ok.groupby("peak_mem_kind", sort=False):
-        table = group[["variant", *(["seed"] if _several(ok, "seed") else []), "epochs", "val_loss", "accuracy", "params", "sec_per_epoch", "peak_mem_mb"]].rename(
-            columns={"accuracy": "accuracy %", "sec_per_epoch": "sec/epoch", "peak_mem_mb": MEMORY_LABELS.get(kind, kind)})
-        table = _fmt(table, {"val_loss": 6, "accuracy %": 2, "params": 0, "sec/epoch": 2, MEMORY_LABELS.get(kind, kind): 1})
+    excludes = ok.get("peak_mem_excludes", pd.Series("", index=ok.index)).fillna("").astype(str)
+    for (kind, left_out), group in ok.groupby([ok["peak_mem_kind"], excludes], sort=False):
+        label = memory_label(kind, left_out)
+        nvml = ["nvml_mem_peak_mb"] if "nvml_mem_peak_mb" in group and group["nvml_mem_peak_mb"].notna().any() else []
+        table = group[["variant", *(["seed"] if _several(ok, "seed") else []), "epochs", "val_loss", "accuracy", "params", "sec_per_epoch", "peak_mem_mb", *nvml]].rename(
+            columns={"accuracy": "accuracy %", "sec_per_epoch": "sec/epoch", "peak_mem_mb": label,
+                     "nvml_mem_peak_mb": NVML_MEMORY_LABEL})
+        table = _fmt(table, {"val_loss": 6, "accuracy %": 2, "params": 0, "sec/epoch": 2, label: 1, NVML_MEMORY_LABEL: 0})
         parts.append(table.to_markdown(index=False))
     return "\n\n".join(parts)
+
+
+def mfu_per_gpu(ok: pd.DataFrame) -> pd.Series:
+    """MFU of one GPU; a run written before the column was named (`mfu`) divided all ranks'
+    samples/s by one GPU's peak, so its figure is world_size times the per-GPU one."""
+    if "mfu_per_gpu" in ok:
+        return pd.to_numeric(ok["mfu_per_gpu"], errors="coerce")
+    if "mfu" not in ok:
+        return pd.Series(float("nan"), index=ok.index)
+    world = ok["world_size"].fillna(1) if "world_size" in ok else 1
+    return pd.to_numeric(ok["mfu"], errors="coerce") / world
+
+
+MFU_NOTE = ("MFU % per GPU: the network's logical training FLOPs per sample (counted at the seed's widths: the "
+            "zero padding of aligned widths is not work, see flops_per_sample_stored) x one GPU's samples/s (all "
+            "ranks' samples/s over the number of GPUs) / that GPU's dense peak at the variant's precision.")
 
 
 def speed_table(ok: pd.DataFrame) -> str:
@@ -46,12 +76,13 @@ def speed_table(ok: pd.DataFrame) -> str:
         "compile s": ok["compile_s"],
         "infer samples/s": ok["infer_samples_per_s"],
         f"time to {ok['target_acc'].iloc[0]:g}% s": ok["time_to_target_s"],
-        "MFU %": 100 * pd.to_numeric(ok["mfu"], errors="coerce"),
+        "MFU % per GPU": 100 * mfu_per_gpu(ok),
     })
     digits = {c: 1 for c in table.columns if c not in ("variant", "loader")}
     digits.update({"train samples/s": 0, "plain loop samples/s": 0, "harness efficiency": 2, "infer samples/s": 0,
-                   "step ms p50": 2, "p90": 2, "p99": 2, "MFU %": 2})
-    return _fmt(table, digits).to_markdown(index=False)
+                   "step ms p50": 2, "p90": 2, "p99": 2, "MFU % per GPU": 2})
+    text = _fmt(table, digits).to_markdown(index=False)
+    return text + "\n\n" + MFU_NOTE if table["MFU % per GPU"].notna().any() else text
 
 
 def compiler_table(ok: pd.DataFrame) -> str:

@@ -34,15 +34,38 @@ GPU_VARIANTS = [(arch, precision, "none", 32) for arch in ARCHS for precision in
 
 
 def _power_limit_w(device: torch.device) -> float | None:
+    """The enforced power limit of the GPU behind `device`, found by PCI bus id as the harness
+    does: NVML's indices are not CUDA's under CUDA_VISIBLE_DEVICES."""
     if device.type != "cuda":
         return None
     try:
         import pynvml
+        from bench.instruments.nvml import handle_for
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        return pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
     except Exception:  # NVML missing or refused: the key falls back to model and driver
         return None
+    try:
+        return pynvml.nvmlDeviceGetEnforcedPowerLimit(handle_for(device)) / 1000
+    except Exception:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def test_power_limit_is_read_from_the_gpu_at_the_devices_pci_bus_id(monkeypatch):
+    """Under CUDA_VISIBLE_DEVICES=3, cuda:0 is NVML's GPU 3: an index lookup would key the baseline
+    by GPU 0's power limit."""
+    import pynvml
+    from types import SimpleNamespace
+    limits_mw = {"00000000:00:00.0": 700_000, "00000000:c3:00.0": 350_000}  # NVML's GPU 0, and the one behind cuda:0
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(pci_domain_id=0, pci_bus_id=0xC3, pci_device_id=0))
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda index: "00000000:00:00.0")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByPciBusId", lambda bus_id: bus_id)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetEnforcedPowerLimit", lambda handle: limits_mw[handle])
+    assert _power_limit_w(torch.device("cuda:0")) == 350.0
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,26 @@ bf16 ulp: torch.testing's bf16 defaults (rtol 1.6e-2) cover that. fp32: rtol 1.3
 outputs and gradients must be equal bit for bit in both dtypes.
 """
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from bench.cli import main
+from bench.config import RunConfig
+from bench.variants import Variant
+from bench.worker import reference_loop, trainer
 from bench.commands import kernels as kernels_command
 from conftest import requires_cuda
 from kernels.input_prep import prepare_inputs, prepare_inputs_reference
 from kernels.relu_maxpool import NO_GRADIENT, ReLUMaxPool, relu_maxpool_forward, relu_maxpool_reference
-from kernels.select import use_kernel, winners
+from kernels.select import COLUMNS, use_kernel, winners
 from loaders.dataset import depth_to_xyza, prepare_batch, rgba_to_float
 from models import build_model, fuse_relu_maxpool
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+H200 = "NVIDIA H200"
+SEED_WIDTHS, ALIGNED_WIDTHS = (50, 100, 200), (56, 104, 200)
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -159,7 +166,7 @@ def test_a_kernel_is_used_only_where_it_won_every_case_on_this_gpu(tmp_path, mon
     rows = [("input_prep", "H200", True), ("input_prep", "H200", True), ("relu_maxpool", "H200", True),
             ("relu_maxpool", "H200", False), ("relu_maxpool", "H100", True)]
     table = __import__("pandas").DataFrame(
-        [{"kernel": k, "device_name": d, "wins": w, "case": "", "dtype": "bf16", "layout": "cl", "batch_size": 32,
+        [{"kernel": k, "device_name": d, "wins": w, "case": "", "dtype": "bf16", "layout": "cl", "channels": "", "batch_size": 32,
           "kernel_ms": 1, "eager_ms": 1, "compiled_ms": 1, "speedup_vs_eager": 1, "speedup_vs_compiled": 1}
          for k, d, w in rows])
     assert winners(table, "H200") == {"input_prep"} and winners(table, "H100") == {"relu_maxpool"}
@@ -170,6 +177,76 @@ def test_a_kernel_is_used_only_where_it_won_every_case_on_this_gpu(tmp_path, mon
     assert not use_kernel("input_prep", torch.device("cpu"), tmp_path) and not use_kernel("input_prep", torch.device("cuda", 0), None)
     with pytest.raises(ValueError, match="not found"):
         use_kernel("input_prep", torch.device("cuda", 0), tmp_path / "missing.csv")
+
+
+def _kernels_csv(path, won: dict) -> str:
+    """A kernels.csv of relu_maxpool on an H200: `won` maps (dtype, layout, channels) to wins, at
+    batch sizes 32 and 512."""
+    rows = [{"kernel": "relu_maxpool", "case": f"{c}x fwd+bwd", "dtype": dtype, "layout": layout, "channels": c,
+             "batch_size": batch, "device_name": H200, "kernel_ms": 1.0, "eager_ms": 2.0, "compiled_ms": 2.0,
+             "speedup_vs_eager": 2.0, "speedup_vs_compiled": 2.0, "wins": wins}
+            for (dtype, layout, c), wins in won.items() for batch in (32, 512)]
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture
+def on_h200(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: H200)
+    return torch.device("cuda", 0)
+
+
+def test_a_kernel_is_used_only_for_the_precision_layout_and_widths_it_won(tmp_path, on_h200):
+    """bench kernels measured relu_maxpool winning in bf16 channels_last at the aligned widths,
+    losing at the seed widths, and never timed fp16."""
+    won = {("bf16", "channels_last", c): True for c in ALIGNED_WIDTHS}
+    won |= {("bf16", "channels_last", 50): False, ("bf16", "channels_last", 100): True}
+    won |= {("fp32", "channels_last", c): True for c in (56, 104)}  # 200 not timed in fp32
+    csv = _kernels_csv(tmp_path / "kernels.csv", won)
+
+    def used(**settings):
+        variant = Variant("add", **{"precision": "bf16", "memory_format": "channels_last", "channels": "aligned", **settings})
+        return trainer.fuse_kernels(build_model("add", channels=variant.channels), variant, on_h200, csv)
+
+    assert used() == ["relu_maxpool"]
+    assert used(channels="seed") == []  # lost at width 50
+    assert used(precision="fp32") == []  # width 200 never timed in fp32
+    assert used(precision="fp16") == [] and used(memory_format="contiguous") == []  # never timed
+    assert used(downsample="strided") == []  # no max-pool to fuse
+    assert not use_kernel("relu_maxpool", on_h200, csv, dtype="bf16", layout="channels_last", channels=SEED_WIDTHS)
+
+
+def test_fused_kernels_replace_every_pooling_layer(tmp_path, on_h200):
+    csv = _kernels_csv(tmp_path / "kernels.csv", {("fp32", "contiguous", c): True for c in SEED_WIDTHS})
+    model = build_model("late")
+    assert trainer.fuse_kernels(model, Variant("late"), on_h200, csv) == ["relu_maxpool"]
+    assert sum(type(m).__name__ == "ReLUMaxPool2d" for m in model.modules()) == 6
+
+
+def test_kernels_command_times_the_cases_variants_use():
+    """fp32 and bf16, both memory formats, at the seed and the aligned widths of every pooling layer."""
+    from bench.commands.kernels import relu_maxpool_cases
+    cases = list(relu_maxpool_cases([2], torch.device("cpu"), size=8))
+    timed = {(c.dtype, c.layout, c.channels) for c in cases}
+    for dtype in ("fp32", "bf16"):
+        for layout in ("contiguous", "channels_last"):
+            assert {(dtype, layout, c) for c in SEED_WIDTHS + ALIGNED_WIDTHS} <= timed
+    assert len(cases) == len(timed) == 2 * 2 * 5
+
+
+def test_the_reference_loop_builds_its_network_with_the_rows_kernels(monkeypatch):
+    """The plain loop fuses what the Trainer fuses: else a winning kernel shows as harness
+    efficiency above 1. No step runs (the fused Triton op would go through the interpreter)."""
+    monkeypatch.setattr(trainer, "use_kernel", lambda kernel, device, results, **case: results == "won.csv")
+    built, real = [], reference_loop.build_model
+    monkeypatch.setattr(reference_loop, "build_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    monkeypatch.setattr(reference_loop, "time_calls", lambda step, steps, device, warmup=0: np.ones(steps))
+    variant, cpu = Variant("add", batch_size=2), torch.device("cpu")
+    reference_loop.reference_samples_per_s(variant, cpu, steps=1, warmup=0, kernels="won.csv")
+    reference_loop.reference_samples_per_s(variant, cpu, steps=1, warmup=0, kernels=None)
+    fused = [sum(type(m).__name__ == "ReLUMaxPool2d" for m in model.modules()) for model in built]
+    cfg = RunConfig(data_root="", train_ids=[], val_ids=[], device=cpu, epochs=1, kernels="won.csv")
+    assert fused == [6, 0] and trainer.Trainer(variant, cfg).kernels == ["relu_maxpool"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of the command")
@@ -185,4 +262,4 @@ def test_kernels_command_skips_on_cpu(tmp_path, capsys):
 def test_kernels_command_times_every_case_on_a_gpu(tmp_path):
     assert main(["kernels", "--batch-size", "2", "--out", str(tmp_path)]) == 0
     table = __import__("pandas").read_csv(tmp_path / "kernels.csv")
-    assert len(table) == 4 + 6 and (table[["kernel_ms", "eager_ms", "compiled_ms"]] > 0).all().all()
+    assert len(table) == 4 + 20 and (table[["kernel_ms", "eager_ms", "compiled_ms"]] > 0).all().all()

@@ -30,7 +30,7 @@ def test_fp32_row_has_every_measurement(tiny_data, split):
     assert 0 <= row["data_wait_share"] < 1
     assert row["peak_mem_kind"] == "process_peak_rss" and row["peak_mem_mb"] > 0
     assert row["flops_per_sample"] > 1e8
-    assert row["mfu"] is None and "no CUDA" in row["nvml_note"]  # CPU: n/a with the reason, never 0
+    assert row["mfu_per_gpu"] is None and "no CUDA" in row["nvml_note"]  # CPU: n/a with the reason, never 0
     assert row["samples_trained"] == 2 * 2 * 8
     assert row["optimizer"] == "adam-forloop" and row["reference_samples_per_s"] > 0
     assert row["harness_efficiency"] == pytest.approx(row["train_samples_per_s"] / row["reference_samples_per_s"])
@@ -221,7 +221,7 @@ def test_relu_maxpool_kernel_only_where_it_won_and_named_in_the_row(tiny_data, s
     cfg = config(tiny_data, split, reference_steps=0, kernels=str(table))
     variant = Variant("add", batch_size=8, loader="resident")
     assert measure(variant, cfg).row["kernels"] == "" and calls == []
-    monkeypatch.setattr(trainer_module, "use_kernel", lambda kernel, device, results: kernel == "relu_maxpool")
+    monkeypatch.setattr(trainer_module, "use_kernel", lambda kernel, device, results, **case: kernel == "relu_maxpool")
     row = measure(variant, cfg).row
     assert row["status"] == "ok" and row["kernels"] == "relu_maxpool" and math.isfinite(row["final_train_loss"])
     assert (8, 2, 16, 16) in calls  # the training batches pooled by the kernel

@@ -31,6 +31,7 @@ class Case:
     fast: Callable  # the Triton path
     reference: Callable  # the torch path, run eagerly and compiled
     run: Callable  # run(fn) -> output: one timed call of fn on this case's tensors
+    channels: int | None = None  # the input's channel width, where the kernel's use depends on it
 
 
 def input_prep_cases(batch_sizes, device, size: int = 64):
@@ -47,23 +48,33 @@ def input_prep_cases(batch_sizes, device, size: int = 64):
                    prepare_inputs_reference, run)
 
 
+def pooling_shapes(size: int = 64) -> list[tuple[int, int]]:
+    """(channels, side) of every pooling layer a variant may train: the seed's and the aligned
+    widths (kernels.select matches a variant's widths against these rows)."""
+    from bench.worker.trainer import pooled_widths
+    from models import CHANNEL_LAYOUTS
+    return sorted({(width, size >> block) for layout in CHANNEL_LAYOUTS
+                   for block, width in enumerate(pooled_widths("maxpool", layout))})
+
+
 def relu_maxpool_cases(batch_sizes, device, size: int = 64):
-    """The three pooling layers of the aligned embedder, forward and backward, bf16 as trained."""
+    """Every pooling layer of the seed-width and aligned embedders, forward and backward, in each
+    precision a variant trains it in (fp32, and bf16 under autocast) and both memory formats."""
     from kernels.relu_maxpool import ReLUMaxPool, relu_maxpool_reference
-    shapes = ((56, size), (104, size // 2), (200, size // 4))
-    for batch, (channels, side), layout in itertools.product(batch_sizes, shapes, ("channels_last", "contiguous")):
+    for batch, (channels, side), dtype, layout in itertools.product(batch_sizes, pooling_shapes(size), DTYPES,
+                                                                    ("channels_last", "contiguous")):
         memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        x = torch.randn(batch, channels, side, side, device=device, dtype=torch.bfloat16)
+        x = torch.randn(batch, channels, side, side, device=device, dtype=DTYPES[dtype])
         x = x.contiguous(memory_format=memory_format).requires_grad_()
-        grad = torch.randn(batch, channels, side // 2, side // 2, device=device, dtype=torch.bfloat16)
+        grad = torch.randn(batch, channels, side // 2, side // 2, device=device, dtype=DTYPES[dtype])
 
         def run(fn, x=x, grad=grad):
             x.grad = None
             y = fn(x)
             y.backward(grad)
             return y
-        yield Case("relu_maxpool", f"{channels}x{side}x{side} fwd+bwd", "bf16", layout, batch, ReLUMaxPool.apply,
-                   relu_maxpool_reference, run)
+        yield Case("relu_maxpool", f"{channels}x{side}x{side} fwd+bwd", dtype, layout, batch, ReLUMaxPool.apply,
+                   relu_maxpool_reference, run, channels)
 
 
 CASES = {"input_prep": input_prep_cases, "relu_maxpool": relu_maxpool_cases}
@@ -78,9 +89,9 @@ def measure(case: Case, timer: Callable, device_name: str, compile: bool = True)
     compiled = torch.compile(case.reference, dynamic=False) if compile else None
     compiled_ms = timer(lambda: case.run(compiled)) if compile else math.nan
     return {"kernel": case.kernel, "case": case.case, "dtype": case.dtype, "layout": case.layout,
-            "batch_size": case.batch_size, "device_name": device_name, "kernel_ms": kernel_ms, "eager_ms": eager_ms,
-            "compiled_ms": compiled_ms, "speedup_vs_eager": eager_ms / kernel_ms,
-            "speedup_vs_compiled": compiled_ms / kernel_ms, "wins": bool(kernel_ms < min(eager_ms, compiled_ms))}
+            "channels": case.channels, "batch_size": case.batch_size, "device_name": device_name,
+            "kernel_ms": kernel_ms, "eager_ms": eager_ms, "compiled_ms": compiled_ms,
+            "speedup_vs_eager": eager_ms / kernel_ms, "speedup_vs_compiled": compiled_ms / kernel_ms, "wins": bool(kernel_ms < min(eager_ms, compiled_ms))}
 
 
 def write_tables(rows: list[dict], out, title: str, note: str) -> str:
@@ -93,8 +104,9 @@ def write_tables(rows: list[dict], out, title: str, note: str) -> str:
         chosen = sorted(winners(table, rows[0]["device_name"]))
         shown = table.drop(columns=["device_name"]).astype(object)
         markdown = shown.where(shown.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="n/a")
-        text += (f"\nUsed on this GPU (the kernel wins every case): {', '.join(chosen) or 'none'}. "
-                 f"speedup = reference ms / kernel ms.\n\n{markdown}\n")
+        text += (f"\nUsed on this GPU (the kernel wins every case): {', '.join(chosen) or 'none'}. A kernel that wins "
+                 "only some cases is used for the variants whose cases it all wins (their precision, memory format and "
+                 f"channel widths, at every batch size timed). speedup = reference ms / kernel ms.\n\n{markdown}\n")
     (out / "kernels.md").write_text(text)
     return text
 

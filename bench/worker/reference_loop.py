@@ -2,9 +2,9 @@
 
 Its samples/s is what the variant's settings can reach on this machine when nothing but the
 model trains: one fixed batch already on the device, Adam (fused on CUDA), autocast, the compile
-mode, memory format and channel widths of the variant. The runner's samples/s over this is the
-harness efficiency, so the loop's bookkeeping, the loader and Trainer's own choices all count
-against the harness.
+mode, memory format, channel widths and Triton kernels (--kernels) of the variant. The runner's
+samples/s over this is the harness efficiency, so the loop's bookkeeping, the loader and
+Trainer's own choices all count against the harness.
 
 `--compile-mode step` is held to the plain whole-step capture loop: the model compiled in mode
 default and the whole step (forward, backward, fused capturable Adam) recorded once as a CUDA
@@ -19,17 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from bench.instruments.timing import rate, time_calls
-from bench.worker.trainer import AMP_DTYPES  # the precision names; nothing of the Trainer itself
+from bench.worker.trainer import AMP_DTYPES, fuse_kernels  # precision names, the row's kernels; not the Trainer
 from bench.variants import Variant
 from models import build_model
 
 
 def reference_samples_per_s(variant: Variant, device: torch.device, steps: int, warmup: int = 5,
-                            lr: float = 1e-4, seed: int = 42) -> float:
-    """Training samples/s of the plain loop over `steps` steps after `warmup` (compilation) steps."""
+                            lr: float = 1e-4, seed: int = 42, kernels=None) -> float:
+    """Training samples/s of the plain loop over `steps` steps after `warmup` (compilation) steps;
+    `kernels` is the run's kernels.csv (--kernels): the network fuses the same Triton kernels as
+    the variant's row, so a winning kernel does not show as harness efficiency above 1."""
     torch.manual_seed(seed)
     fmt = torch.channels_last if variant.memory_format == "channels_last" else torch.contiguous_format
     model = build_model(variant.arch, variant.downsample, channels=variant.channels).to(device, memory_format=fmt)
+    fuse_kernels(model, variant, device, kernels)
     captured = variant.compile_mode == "step" and device.type == "cuda"
     mode = "default" if variant.compile_mode == "step" else variant.compile_mode
     forward = torch.compile(model, mode=mode) if variant.compile_mode != "none" else model
@@ -71,6 +74,6 @@ def _graph(step, warmup: int):
             step()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # loader threads may touch CUDA meanwhile
         step()
     return graph.replay

@@ -25,7 +25,7 @@ from bench.variants import Variant
 from kernels.select import use_kernel
 from loaders import make_loader
 from loaders.split import check_class_prior, class_share
-from models import count_parameters, count_stored_parameters
+from models import build_model, count_parameters, count_stored_parameters
 
 __all__ = ["Trainer", "TrainingRun", "VariantResult", "failed_row", "measure"]
 
@@ -92,8 +92,12 @@ def _loader(variant: Variant, cfg: RunConfig, ctx: RunContext, ids: list[str], t
 
 def _loader_kernels(variant: Variant, cfg: RunConfig) -> list[str]:
     """The Triton kernels the variant's loader uses: input preparation, only in the DALI loader
-    (its batches arrive raw on the device; the other loaders prepare on the host or once)."""
-    return ["input_prep"] if variant.loader == "dali" and use_kernel("input_prep", cfg.device, cfg.kernels) else []
+    (its batches arrive raw on the device; the other loaders prepare on the host or once), which
+    prepares fp32 contiguous batches whatever the variant trains in."""
+    if variant.loader != "dali":
+        return []
+    used = use_kernel("input_prep", cfg.device, cfg.kernels, dtype="fp32", layout="contiguous")
+    return ["input_prep"] if used else []
 
 
 def _global_rate(ms: np.ndarray, batch_size: int, cfg: RunConfig) -> float:
@@ -219,7 +223,8 @@ def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> float:
     key = replace(variant, loader="", epochs=None)
     if key not in ctx.reference_cache:
         ctx.reference_cache[key] = reference_samples_per_s(variant, cfg.device, cfg.reference_steps,
-                                                           warmup=cfg.warmup_steps, lr=cfg.lr, seed=cfg.seed)
+                                                           warmup=cfg.warmup_steps, lr=cfg.lr, seed=cfg.seed,
+                                                           kernels=cfg.kernels)
     return ctx.reference_cache[key]
 
 
@@ -308,7 +313,7 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
     repeat_sps = [_global_rate(r.data_ms[w:] + r.compute_ms[w:], variant.batch_size, cfg) for r in runs if len(r.data_ms) > w]
     windows = repeat_sps if cfg.repeats > 1 else last.epoch_sps
     train_sps = float(np.mean(repeat_sps)) if repeat_sps else math.nan
-    flops = _flops_per_sample(last.trainer)
+    flops, flops_stored = _flops_per_sample(last.trainer)
     gpu_name = torch.cuda.get_device_name(cfg.device) if cfg.device.type == "cuda" else ""
     timed_frames = sum(r.timed_frames for r in runs)
     infer_own = next((r for r in inference if r["batch_size"] == variant.batch_size), {})
@@ -336,7 +341,11 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
         "recompiles_timed": timed_frames if compiled else "", "suspect": bool(compiled and timed_frames > 0),
         "target_acc": cfg.target_acc, "time_to_target_s": last.time_to_target,
         "final_train_loss": last.curves[-1]["train_loss"], "flops_per_sample": flops,
-        "mfu": mfu.mfu(flops, train_sps, gpu_name, _peak_precision(variant)) if gpu_name else None,
+        "flops_per_sample_stored": flops_stored,
+        # train_sps is every rank's samples over the slowest rank's time: one GPU did 1 / world_size of them
+        "mfu_per_gpu": mfu.mfu(flops, train_sps / cfg.world_size, gpu_name, _peak_precision(variant))
+        if gpu_name else None,
+        "peak_mem_excludes": memory.excluded(cfg.device, variant.loader),
         "samples_trained": sum(r.samples for r in runs) * cfg.world_size,  # every rank trains an equal shard
         "kernels": ",".join(last.trainer.kernels + _loader_kernels(variant, cfg)), "note": last.trainer.note,
     }
@@ -360,10 +369,19 @@ def _peak_precision(variant: Variant) -> str:
     return variant.precision
 
 
-def _flops_per_sample(trainer: Trainer) -> float:
-    """Counted on a 2-sample batch with the eager model: FLOPs depend on shapes, not values or precision."""
+def _flops_per_sample(trainer: Trainer) -> tuple[float, float]:
+    """Training FLOPs per sample, (logical, stored), counted on a 2-sample batch with eager models:
+    FLOPs depend on shapes, not values or precision. Logical FLOPs are the seed-width network's
+    (built on the meta device: no memory, no compute), the work the model does, so MFU stays
+    comparable across channel layouts; stored FLOPs are the trained model's, the zero padding of
+    aligned widths included (1.10x the logical for add)."""
+    variant = trainer.variant
+    with torch.device("meta"):
+        seed_widths = build_model(variant.arch, variant.downsample, channels="seed")
+        zeros = torch.zeros(2, 4, 64, 64)
+        logical = mfu.train_flops_per_sample(seed_widths, zeros, zeros)
     rgb, lidar = trainer.inputs(torch.zeros(2, 4, 64, 64, device=trainer.device), torch.zeros(2, 4, 64, 64, device=trainer.device))
-    return mfu.train_flops_per_sample(trainer.model, rgb, lidar)
+    return logical, mfu.train_flops_per_sample(trainer.model, rgb, lidar)
 
 
 def error_line(error: BaseException, limit: int = 500) -> str:

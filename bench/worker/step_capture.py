@@ -87,9 +87,13 @@ def _warm_up(body, steps: int) -> None:
 
 
 def _capture(body):
-    """The body recorded into a CUDA graph (nothing runs now); returns the replay function."""
+    """The body recorded into a CUDA graph (nothing runs now); returns the replay function.
+
+    thread_local: only this thread's CUDA calls are checked during capture. The default mode
+    ("global") makes an unsafe call from any thread fail the capture, and loader threads (a
+    DataLoader's pin-memory thread, DALI's) may touch CUDA while the step is being captured."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         body()
     return graph.replay
 

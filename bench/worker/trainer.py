@@ -10,6 +10,7 @@ from bench.worker.step_capture import capturable_adam, fallback_reason, make_ste
 from bench.variants import Variant
 from kernels.select import use_kernel
 from models import build_model, fuse_relu_maxpool
+from models.fusion import CHANNELS, aligned_width
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -33,6 +34,26 @@ def adam(params, lr: float, device: torch.device) -> tuple[torch.optim.Adam, str
     return torch.optim.Adam(params, lr=lr, foreach=False), "adam-forloop"
 
 
+def pooled_widths(downsample: str, channels: str) -> tuple[int, ...]:
+    """The channel widths the network's ReLU + 2x2 max-pool pairs see, first block first (at 64,
+    32 and 16 pixels a side); none with strided downsampling, which has no max-pool."""
+    if downsample != "maxpool":
+        return ()
+    return CHANNELS if channels == "seed" else tuple(aligned_width(width) for width in CHANNELS)
+
+
+def fuse_kernels(model: torch.nn.Module, variant: Variant, device: torch.device, results) -> list[str]:
+    """Fuses into `model` the Triton kernels that `results` (a kernels.csv, or None) shows winning
+    for this variant's precision, memory format and widths on this GPU; returns their names for
+    the row. The Trainer and the plain reference loop both build their network with it."""
+    widths = pooled_widths(variant.downsample, variant.channels)
+    if widths and use_kernel("relu_maxpool", device, results, dtype=variant.precision, layout=variant.memory_format,
+                             channels=widths):
+        fuse_relu_maxpool(model)
+        return ["relu_maxpool"]
+    return []
+
+
 class Trainer:
     """Model, optimiser and the settings of one variant; step() is the unit that gets timed."""
 
@@ -42,10 +63,7 @@ class Trainer:
         self.memory_format = memory_format(variant)
         self.model = build_model(variant.arch, variant.downsample, channels=variant.channels)
         self.model.to(self.device, memory_format=self.memory_format)
-        self.kernels = []  # the Triton kernels this model uses, for the row
-        if use_kernel("relu_maxpool", self.device, cfg.kernels):
-            fuse_relu_maxpool(self.model)
-            self.kernels.append("relu_maxpool")
+        self.kernels = fuse_kernels(self.model, variant, self.device, cfg.kernels)  # the Triton kernels, for the row
         self.whole_step = variant.compile_mode == "step"
         if self.whole_step and cfg.world_size > 1:
             raise ValueError("--compile-mode step captures one process's step; under torchrun DDP's all-reduce "
