@@ -28,7 +28,7 @@ def test_counter_energy_is_last_minus_first_and_subtracts_idle():
         energy_mj=[1000.0, 2000.0, 3000.0, 4000.0, 5000.0],
         power_w=[100.0, 100.0, 300.0, 100.0, 100.0],  # ignored: the counter wins
     )
-    result = summarize(timeline, 0.0, 4.0, idle_power_w=0.5, samples=8)
+    result = summarize(timeline, 0.0, 4.0, idle_power_w=0.5, samples_per_gpu=8)
     assert result["energy_source"] == "counter"
     assert result["energy_j"] == pytest.approx(4.0)
     assert result["energy_above_idle_j"] == pytest.approx(4.0 - 0.5 * 4.0)
@@ -40,7 +40,7 @@ def test_counter_energy_is_last_minus_first_and_subtracts_idle():
 
 def test_integrated_power_when_counter_is_missing():
     timeline = make_timeline(5, power_w=[100.0, 200.0, 200.0, 100.0, 100.0])
-    result = summarize(timeline, 0.0, 4.0, idle_power_w=None, samples=600)
+    result = summarize(timeline, 0.0, 4.0, idle_power_w=None, samples_per_gpu=600)
     assert result["energy_source"] == "integrated_power"
     assert result["energy_j"] == pytest.approx(150.0 + 200.0 + 150.0 + 100.0)
     assert math.isnan(result["energy_above_idle_j"])
@@ -49,7 +49,7 @@ def test_integrated_power_when_counter_is_missing():
 
 def test_energy_is_scaled_to_the_whole_window():
     timeline = make_timeline(5, power_w=[100.0] * 5)
-    result = summarize(timeline, -0.5, 4.5, idle_power_w=20.0, samples=1)
+    result = summarize(timeline, -0.5, 4.5, idle_power_w=20.0, samples_per_gpu=1)
     assert result["energy_j"] == pytest.approx(500.0)  # 400 J over 4 s of samples, 5 s window
     assert result["energy_above_idle_j"] == pytest.approx(500.0 - 20.0 * 5.0)
 
@@ -58,7 +58,7 @@ def test_samples_outside_the_window_are_ignored():
     timeline = make_timeline(
         6, gpu_util=[0.0, 50.0, 70.0, 90.0, 0.0, 100.0], temp_c=[30.0, 40.0, 41.0, 42.0, 99.0, 99.0]
     )
-    result = summarize(timeline, 1.0, 3.0, idle_power_w=None, samples=1)
+    result = summarize(timeline, 1.0, 3.0, idle_power_w=None, samples_per_gpu=1)
     assert result["gpu_util_mean"] == pytest.approx(70.0)
     assert result["gpu_util_max"] == 90.0
     assert result["temp_c_max"] == 42.0
@@ -70,31 +70,31 @@ def test_throttle_share_ignores_idle_and_clock_setting_bits():
     # 0x4 sw power cap, 0x40 hw thermal, 0x21 idle + sw thermal: throttling.
     reasons = [0.0, 1.0, 2.0, 3.0, 4.0, 64.0, 33.0, NAN]
     timeline = make_timeline(len(reasons), clock_event_reasons=reasons)
-    result = summarize(timeline, 0.0, 7.0, idle_power_w=None, samples=1)
+    result = summarize(timeline, 0.0, 7.0, idle_power_w=None, samples_per_gpu=1)
     assert result["throttled_share"] == pytest.approx(3 / 7)
     assert result["throttled"] is True
 
 
 def test_not_throttled_when_only_idle_bits():
     timeline = make_timeline(4, clock_event_reasons=[1.0, 2.0, 0.0, 1.0])
-    result = summarize(timeline, 0.0, 3.0, idle_power_w=None, samples=1)
+    result = summarize(timeline, 0.0, 3.0, idle_power_w=None, samples_per_gpu=1)
     assert result["throttled_share"] == 0.0
     assert result["throttled"] is False
 
 
 def test_empty_window_is_nan_not_zero():
     timeline = make_timeline(3, power_w=[100.0] * 3, energy_mj=[0.0, 1.0, 2.0])
-    result = summarize(timeline, 10.0, 20.0, idle_power_w=50.0, samples=100)
+    result = summarize(timeline, 10.0, 20.0, idle_power_w=50.0, samples_per_gpu=100)
     assert result["energy_source"] == ""
     assert result["nvml_samples"] == 0
     for key, value in result.items():
-        if key not in ("energy_source", "nvml_samples"):
+        if key not in ("energy_source", "nvml_samples", "nvml_gpus"):
             assert math.isnan(value), key
 
 
 def test_summarize_accepts_an_empty_timeline():
     empty = pd.DataFrame(columns=COLUMNS)
-    result = summarize(empty, 0.0, 1.0, idle_power_w=None, samples=1)
+    result = summarize(empty, 0.0, 1.0, idle_power_w=None, samples_per_gpu=1)
     assert math.isnan(result["energy_j"]) and result["energy_source"] == ""
 
 
@@ -167,7 +167,7 @@ def test_windows_sum_their_energy_and_leave_the_gaps_out():
     energy are not charged to the steady steps."""
     power = [100.0, 100.0, 100.0, 400.0, 400.0, 100.0, 100.0, 100.0]
     timeline = make_timeline(8, power_w=power, gpu_util=[50.0, 50.0, 50.0, 99.0, 99.0, 50.0, 50.0, 50.0])
-    result = nvml.summarize_windows(timeline, [(0.0, 2.0), (5.0, 7.0)], idle_power_w=10.0, samples=400)
+    result = nvml.summarize_windows(timeline, [(0.0, 2.0), (5.0, 7.0)], idle_power_w=10.0, samples_per_gpu=400)
     assert result["energy_j"] == pytest.approx(400.0)  # 2 s at 100 W, twice
     assert result["samples_per_j"] == pytest.approx(1.0)
     assert result["energy_above_idle_j"] == pytest.approx(400.0 - 10.0 * 4.0)
@@ -229,8 +229,8 @@ def two_gpu_timeline():
 
 def test_summaries_add_the_energy_and_power_of_every_gpu():
     gpu0, gpu1, both = two_gpu_timeline()
-    one = [nvml.summarize_windows(gpu, [(0.0, 4.0)], idle_power_w=None, samples=1) for gpu in (gpu0, gpu1)]
-    result = nvml.summarize_windows(both, [(0.0, 4.0)], idle_power_w=150.0, samples=1600)
+    one = [nvml.summarize_windows(gpu, [(0.0, 4.0)], idle_power_w=None, samples_per_gpu=1) for gpu in (gpu0, gpu1)]
+    result = nvml.summarize_windows(both, [(0.0, 4.0)], idle_power_w=150.0, samples_per_gpu=800)
     assert result["energy_j"] == pytest.approx(one[0]["energy_j"] + one[1]["energy_j"]) == pytest.approx(1600.0)
     assert result["energy_source"] == "counter+integrated_power"
     assert result["energy_above_idle_j"] == pytest.approx(1600.0 - 150.0 * 4.0)
@@ -244,7 +244,8 @@ def test_summaries_add_the_energy_and_power_of_every_gpu():
 
 def test_one_gpu_summary_is_the_same_with_or_without_a_gpu_column():
     gpu0, _, _ = two_gpu_timeline()
-    without = nvml.summarize_windows(gpu0, [(0.5, 3.5)], idle_power_w=20.0, samples=10)
-    with_column = nvml.summarize_windows(gpu0.assign(gpu=3.0), [(0.5, 3.5)], idle_power_w=20.0, samples=10)
+    without = nvml.summarize_windows(gpu0, [(0.5, 3.5)], idle_power_w=20.0, samples_per_gpu=10, counter_period_s=0.1)
+    with_column = nvml.summarize_windows(gpu0.assign(gpu=3.0), [(0.5, 3.5)], idle_power_w=20.0, samples_per_gpu=10,
+                                         counter_period_s=0.1)
     assert with_column == without
     assert nvml.window_energy(gpu0.assign(gpu=3.0), [(1.25, 1.75)]) == nvml.window_energy(gpu0, [(1.25, 1.75)])
