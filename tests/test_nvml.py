@@ -3,6 +3,7 @@
 import math
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -249,3 +250,67 @@ def test_one_gpu_summary_is_the_same_with_or_without_a_gpu_column():
                                          counter_period_s=0.1)
     assert with_column == without
     assert nvml.window_energy(gpu0.assign(gpu=3.0), [(1.25, 1.75)]) == nvml.window_energy(gpu0, [(1.25, 1.75)])
+
+
+def test_samples_per_j_under_ddp_is_the_nodes_samples_over_the_nodes_energy():
+    """Two ranks, each training 800 samples in the window, on GPUs drawing 100 W and 300 W: the
+    node did 1,600 samples for 1,600 J (rank 0's 800 over the node's energy would be half)."""
+    _, _, both = two_gpu_timeline()
+    result = nvml.summarize_windows(both, [(0.0, 4.0)], idle_power_w=None, samples_per_gpu=800, counter_period_s=0.1)
+    assert result["nvml_gpus"] == 2 and result["energy_j"] == pytest.approx(1600.0)
+    assert result["samples_per_j"] == pytest.approx(1.0)
+    gpu0, _, _ = two_gpu_timeline()
+    alone = nvml.summarize_windows(gpu0, [(0.0, 4.0)], idle_power_w=None, samples_per_gpu=800)
+    assert alone["nvml_gpus"] == 1 and alone["samples_per_j"] == pytest.approx(800 / 400.0)
+
+
+def lagging_counter(seconds=30.0, sample_s=0.02, counter_s=0.1, seed=0):
+    """A GPU whose power jumps between 100 and 400 W at random times and whose energy counter
+    moves every counter_s (a read returns the energy at its last update), sampled every sample_s;
+    with the exact cumulative energy to compare with."""
+    rng = np.random.default_rng(seed)
+    fine = np.arange(0.0, seconds, 0.001)
+    power = np.where(np.cumsum(rng.random(len(fine)) < 0.003) % 2 == 0, 100.0, 400.0)
+    exact = np.concatenate([[0.0], np.cumsum(power[:-1] * 0.001)])
+    t = np.arange(0.0, seconds, sample_s)
+    updated = np.floor(t / counter_s + 1e-9) * counter_s
+    timeline = make_timeline(len(t), time=list(t), power_w=list(np.interp(t, fine, power)),
+                             energy_mj=list(np.interp(updated, fine, exact) * 1000))
+    return timeline, lambda a, b: float(np.interp(b, fine, exact) - np.interp(a, fine, exact))
+
+
+def test_stated_uncertainty_bounds_the_counters_error_on_random_windows():
+    """energy_j_pm is a bound: over many random windows of 0.3-6 s (one or several) on a lagging
+    counter under bursty power, the error never exceeds it, and it is not loose by orders."""
+    timeline, exact = lagging_counter()
+    rng = np.random.default_rng(1)
+    ratios = []
+    for _ in range(200):
+        starts = np.sort(rng.uniform(1.0, 22.0, rng.integers(1, 4)))
+        windows = [(a, a + rng.uniform(0.3, 2.0)) for a in starts]
+        windows = [w for i, w in enumerate(windows) if i == 0 or w[0] > windows[i - 1][1]]
+        result = nvml.summarize_windows(timeline, windows, None, samples_per_gpu=1, counter_period_s=0.1)
+        ratios.append(abs(result["energy_j"] - sum(exact(a, b) for a, b in windows)) / result["energy_j_pm"])
+    assert max(ratios) <= 1.0
+    assert max(ratios) > 0.1
+
+
+def test_a_figure_is_resolved_only_from_windows_of_50_counter_periods():
+    timeline = make_timeline(21, power_w=[100.0] * 21)
+    long = nvml.summarize_windows(timeline, [(0.0, 5.0)], None, samples_per_gpu=1, counter_period_s=0.1)
+    assert long["energy_j_pm"] == pytest.approx(2 * 0.1 * 100.0) and long["energy_resolved"] is True
+    short = nvml.summarize_windows(timeline, [(0.0, 4.9)], None, samples_per_gpu=1, counter_period_s=0.1)
+    assert short["energy_resolved"] is False
+    merged = nvml.summarize_windows(timeline, [(0.0, 2.5), (3.0, 5.5)], None, samples_per_gpu=1, counter_period_s=0.1)
+    assert merged["energy_j_pm"] == pytest.approx(4 * 0.1 * 100.0) and merged["energy_resolved"] is False
+    unknown = nvml.summarize_windows(timeline, [(0.0, 5.0)], None, samples_per_gpu=1)
+    assert math.isnan(unknown["energy_j_pm"]) and math.isnan(unknown["energy_resolved"])
+
+
+def test_phase_energies_state_each_uncertainty():
+    timeline = make_timeline(11, power_w=[100.0] * 11)
+    columns = nvml.phase_energies(timeline, {"phase_energy_j": [(0.0, 10.0)], "val_energy_j": [(1.0, 2.0), (5.0, 6.0)],
+                                             "compile_energy_j": []}, period_s=0.1)
+    assert columns["phase_energy_j"] == pytest.approx(1000.0) and columns["phase_energy_j_pm"] == pytest.approx(20.0)
+    assert columns["val_energy_j"] == pytest.approx(200.0) and columns["val_energy_j_pm"] == pytest.approx(40.0)
+    assert math.isnan(columns["compile_energy_j"]) and math.isnan(columns["compile_energy_j_pm"])
