@@ -314,3 +314,22 @@ def test_phase_energies_state_each_uncertainty():
     assert columns["phase_energy_j"] == pytest.approx(1000.0) and columns["phase_energy_j_pm"] == pytest.approx(20.0)
     assert columns["val_energy_j"] == pytest.approx(200.0) and columns["val_energy_j_pm"] == pytest.approx(40.0)
     assert math.isnan(columns["compile_energy_j"]) and math.isnan(columns["compile_energy_j_pm"])
+
+
+def test_report_gives_each_energy_figure_its_uncertainty_and_flags_short_windows():
+    from reports.markdown import energy_table
+    ok = pd.DataFrame([
+        {"variant": "long", "batch_size": 32, "nvml_gpus": 2, "energy_j": 1000.0, "energy_j_pm": 20.0,
+         "energy_resolved": True, "samples_per_j": 64.0, "phase_energy_j": 3000.0, "phase_energy_j_pm": 10.0},
+        {"variant": "short", "batch_size": 32, "nvml_gpus": 2, "energy_j": 100.0, "energy_j_pm": 20.0,
+         "energy_resolved": False, "samples_per_j": 64.0, "phase_energy_j": 300.0, "phase_energy_j_pm": 10.0},
+    ])
+    text = energy_table(ok, {"nvml_counter_period_s": 0.1})
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| long") or line.startswith("| short")}
+    header = [c.strip() for c in next(l for l in text.splitlines() if l.startswith("| variant")).split("|")[2:-1]]
+    long, short = (dict(zip(header, rows[name])) for name in ("long", "short"))
+    assert long["GPUs"] == "2" and long["energy J"] == "1,000 ± 20" and long["phase J"] == "3,000 ± 10"
+    assert long["samples/J"] == "64.0 ± 1.3" and long["J/step"] == "1.000 ± 0.020"  # 2 GPUs x 32 samples per step
+    assert short["samples/J"] == "(64.0 ± 12.8)" and short["energy J"] == "(100 ± 20)"
+    assert "(100 ms, measured before the run)" in text and "not resolved" in text and ": short." in text
