@@ -76,8 +76,9 @@ class KnownWork:
 
 def calibrate_sleep(device: torch.device, ms: float = 200.0, guess_cycles_per_ms: float = 1.5e6) -> float:
     """GPU clock cycles per millisecond of torch.cuda._sleep, timed on the host over one sleep of
-    about `ms` (launch and synchronise cost tens of microseconds: well under 0.1 % of it)."""
-    torch.cuda._sleep(1000)  # the first launch pays for loading the kernel
+    about `ms` (launch and synchronise cost tens of microseconds: well under 0.1 % of it). A
+    shorter sleep first loads the kernel and lets an idle GPU's clocks ramp up."""
+    torch.cuda._sleep(int(ms / 4 * guess_cycles_per_ms))
     torch.cuda.synchronize(device)
     cycles = int(ms * guess_cycles_per_ms)
     start = time.perf_counter()

@@ -4,7 +4,9 @@ A daemon thread polls the GPU (under torchrun: every GPU of the node the job use
 `period_s` and stamps each sample with time.perf_counter(), so the runner can cut the timeline
 at its own perf_counter marks (one window per variant and phase) and call `summarize` on each
 window. `summarize` is a pure function of a recorded timeline, so the arithmetic is tested
-without a GPU.
+without a GPU. The energy counter moves only every period (about 100 ms on recent GPUs), so
+every energy figure carries its uncertainty from that period (energy_uncertainty_j), measured
+in the idle window before a run (update_period_s), and is flagged when it is not resolved.
 """
 
 import math
@@ -414,7 +416,7 @@ def summarize_windows(
     columns = COLUMNS + [GPU] if GPU in timeline else COLUMNS
     window = timeline.loc[in_windows, columns].astype(float)
     gpus = pd.DataFrame([_gpu_means(gpu) for gpu in per_gpu(window)])
-    node_samples = samples_per_gpu * len(per_gpu(timeline))
+    node_gpus = len(per_gpu(timeline))
     energy_j, source = window_energy(timeline, windows)
     duration = sum(t1 - t0 for t0, t1 in windows)
     above_idle = math.nan
@@ -423,7 +425,7 @@ def summarize_windows(
     share = _throttled_share(window)
     uncertainty = energy_uncertainty_j(energy_j / duration if duration > 0 else math.nan, len(windows), counter_period_s)
     return {
-        "nvml_gpus": len(per_gpu(timeline)),
+        "nvml_gpus": node_gpus,
         "nvml_samples": int(gpus["nvml_samples"].max()),
         "gpu_util_mean": float(gpus["gpu_util_mean"].mean()),
         "gpu_util_max": float(window["gpu_util"].max()),
@@ -438,7 +440,7 @@ def summarize_windows(
         "energy_resolved": energy_resolved(energy_j, uncertainty),
         "energy_source": source,
         "energy_above_idle_j": above_idle,
-        "samples_per_j": node_samples / energy_j if energy_j > 0 else math.nan,
+        "samples_per_j": samples_per_gpu * node_gpus / energy_j if energy_j > 0 else math.nan,
         "throttled_share": share,
         "throttled": share > THROTTLED_SHARE_LIMIT if math.isfinite(share) else math.nan,
     }
