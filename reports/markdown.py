@@ -107,24 +107,78 @@ ENERGY_WINDOWS = ("Windows: GPU util, power, energy J, above idle and samples/J 
                   "steps only (warm-up and validation excluded); compile J is the warm-up steps, where a compiled "
                   "model compiles (its eval graph compiles in the first validation); validation J is every "
                   "evaluation; phase J is the whole training phase (all of them); J to target counts from the "
-                  "start of training, like the time to target. With several processes, energy and power are "
-                  "summed over every GPU of the node the run used.")
+                  "start of training, like the time to target. With several processes (GPUs > 1), energy, power and "
+                  "J/step are the node's, summed over every GPU of the node the run used, and samples/J is the "
+                  "node's samples over the node's energy.")
 
 
-def energy_table(ok: pd.DataFrame) -> str:
+ENERGY_RESOLUTION = ("Each energy figure is given ± its uncertainty from the energy counter's update period P{period}: "
+                     "a reading is up to one period stale, so each window boundary can shift up to one period of the "
+                     "mean power into or out of the window; ± is 2 x P x mean power per window, summed over the "
+                     "figure's windows (bench.instruments.nvml.energy_uncertainty_j).")
+UNRESOLVED = ("Figures in parentheses are not resolved: their uncertainty is above 4 % (the steady windows average "
+              "under 50 counter periods), so they are not comparable as fact: {variants}.")
+# Each figure and its uncertainty column; samples/J and J per step take energy J's relative uncertainty.
+ENERGY_PM = {"energy J": "energy_j_pm", "compile J": "compile_energy_j_pm", "validation J": "val_energy_j_pm",
+             "phase J": "phase_energy_j_pm", "J to target": "j_to_target_pm"}
+
+
+def _with_pm(value, pm, places: int) -> str:
+    if pd.isna(value) or value == "":
+        return "n/a"
+    text = f"{float(value):,.{places}f}"
+    return f"{text} ± {float(pm):,.{places}f}" if pd.notna(pm) and pm != "" else text
+
+
+def _energy_cells(ok: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The energy columns as `value ± uncertainty`, and J per step; unresolved headline figures in
+    parentheses. Rows from runs before uncertainties were recorded show the value alone."""
+    ok = ok.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    for name, pm in ENERGY_PM.items():
+        if name in table and pm in ok:
+            table[name] = [_with_pm(v, u, 0) for v, u in zip(ok[ENERGY_COLUMNS_BY_NAME[name]], ok[pm])]
+    relative = ok["energy_j_pm"] / ok["energy_j"] if "energy_j_pm" in ok else pd.Series(float("nan"), index=ok.index)
+    gpus = ok["nvml_gpus"].fillna(1) if "nvml_gpus" in ok else 1
+    per_step = ok["batch_size"] * gpus / ok["samples_per_j"]  # the node's samples of one step over samples/J
+    table["samples/J"] = [_with_pm(v, v * r, 1) for v, r in zip(ok["samples_per_j"], relative)]
+    table.insert(list(table.columns).index("samples/J") + 1, "J/step",
+                 [_with_pm(v, v * r, 3) for v, r in zip(per_step, relative)])
+    if "energy_resolved" in ok:
+        unresolved = ok["energy_resolved"].astype(str).eq("False")
+        for name in ("energy J", "samples/J", "J/step"):
+            table.loc[unresolved, name] = "(" + table.loc[unresolved, name] + ")"
+    return table
+
+
+ENERGY_COLUMNS = {"variant": "variant", "nvml_gpus": "GPUs", "gpu_util_mean": "GPU util %", "power_w_mean": "power W",
+                  "power_w_max": "max W", "energy_j": "energy J", "energy_above_idle_j": "above idle J",
+                  "samples_per_j": "samples/J", "compile_energy_j": "compile J", "val_energy_j": "validation J",
+                  "phase_energy_j": "phase J", "j_to_target": "J to target", "energy_source": "source",
+                  "throttled_share": "throttled", "nvml_mem_peak_mb": "NVML mem MB"}
+ENERGY_COLUMNS_BY_NAME = {name: column for column, name in ENERGY_COLUMNS.items()}
+
+
+def energy_table(ok: pd.DataFrame, env: dict | None = None) -> str:
+    """Energy and utilisation per variant, each energy figure with its uncertainty and a note on
+    what the windows cover; several GPUs are named (the figures are then the node's)."""
     if "energy_j" not in ok or ok["energy_j"].isna().all():
         notes = sorted({str(n) for n in ok.get("nvml_note", pd.Series(dtype=str)).dropna() if str(n)})
         return "NVML metrics: n/a (" + ("; ".join(notes) or "not sampled") + ")."
-    columns = {"variant": "variant", "gpu_util_mean": "GPU util %", "power_w_mean": "power W", "power_w_max": "max W",
-               "energy_j": "energy J", "energy_above_idle_j": "above idle J", "samples_per_j": "samples/J",
-               "compile_energy_j": "compile J", "val_energy_j": "validation J", "phase_energy_j": "phase J",
-               "j_to_target": "J to target", "energy_source": "source", "throttled_share": "throttled",
-               "nvml_mem_peak_mb": "NVML mem MB"}
-    table = ok[[c for c in columns if c in ok]].rename(columns=columns)
+    columns = {c: n for c, n in ENERGY_COLUMNS.items() if c in ok and (c != "nvml_gpus" or (ok[c].fillna(1) > 1).any())}
+    table = ok[list(columns)].rename(columns=columns)
     digits = {name: 0 for name in table.columns if name not in ("variant", "source", "samples/J", "throttled")}
-    table = _fmt(table, {**digits, "samples/J": 1, "throttled": 2}).to_markdown(index=False)
+    table = _energy_cells(ok, _fmt(table, {**digits, "samples/J": 1, "throttled": 2}))
     windows = ENERGY_WINDOWS if "phase_energy_j" in ok else "Windows: every figure covers the whole training phase."
-    return windows + "\n\n" + table
+    lines = [windows]
+    if "energy_j_pm" in ok:
+        period = (env or {}).get("nvml_counter_period_s")
+        lines.append(ENERGY_RESOLUTION.format(period=f" ({1000 * period:.0f} ms, measured before the run)"
+                                              if isinstance(period, (int, float)) and period == period else ""))
+        unresolved = ok["energy_resolved"].astype(str).eq("False") if "energy_resolved" in ok else ok["energy_j"].isna()
+        if unresolved.any():
+            lines.append(UNRESOLVED.format(variants=", ".join(ok.loc[unresolved, "variant"])))
+    return " ".join(lines) + "\n\n" + table.to_markdown(index=False)
 
 
 def seed_pipeline_table(ok: pd.DataFrame) -> str:
@@ -228,7 +282,7 @@ def write_report(run_dir: str | Path) -> Path:
             notes = notes_table(ok)
             if notes:
                 lines += ["## Kernels and notes", "", notes, ""]
-            lines += ["## Energy and utilisation", "", energy_table(ok), ""]
+            lines += ["## Energy and utilisation", "", energy_table(ok, env), ""]
             seeds = seeds_rows(ok)
             if not seeds.empty:
                 lines += [seeds_section(seeds)]

@@ -118,6 +118,8 @@ def test_rank0_samples_every_local_gpu_under_torchrun(monkeypatch):
     from bench.instruments import nvml
 
     class RecordingSampler:
+        counter_period_s = 0.1  # what measure_idle_power measures of a real sampler
+
         def __init__(self, devices, period_s):
             self.devices, self.period_s = devices, period_s
 
@@ -133,3 +135,4 @@ def test_rank0_samples_every_local_gpu_under_torchrun(monkeypatch):
     ctx, env = RunContext(), {}
     all_command._start_nvml(None, ctx, 0.01, None, env, all_command.nvml_devices(cuda0, world_size=2))
     assert ctx.sampler.devices == [cuda0, torch.device("cuda", 1)] and env["idle_power_w"] == 200.0
+    assert env["nvml_counter_period_s"] == 0.1

@@ -11,10 +11,19 @@ from conftest import requires_cuda
 from bench.commands import doctor_checks
 from bench.cli import main
 from bench.commands.doctor_checks import FAIL, PASS, SKIP, Setup, check_compile, check_cuda_events, check_loader, check_nvml
-from bench.commands.doctor_checks import check_precision, checks, environment, run_check
+from bench.commands.doctor_checks import check_counter_period, check_nvml_energy, check_precision, checks, environment
+from bench.commands.doctor_checks import run_check
 from loaders.generate import generate_dataset
 
 GPU = torch.device("cuda", 0)
+
+
+def dali_imports() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def statuses(text: str) -> dict:
@@ -33,12 +42,16 @@ def test_doctor_passes_the_cpu_paths_and_skips_the_gpu_paths(tmp_path, capsys, m
     table = statuses(printed)
     assert list(table) == [name for name, _ in checks()]
     for name in ("tiny dataset", "loader torch", "loader resident", "train fp32", "inference timing",
-                 "train bf16 autocast", "compile default"):
+                 "train bf16 autocast", "compile default", "known answer: step timer", "known answer: samples/s",
+                 "known answer: FLOP counter", "known answer: memory peak"):
         assert table[name][0] == PASS, (name, table[name])
-    for name in ("CUDA events", "NVML sampling", "train fp16 autocast", "compile reduce-overhead",
-                 "compile max-autotune"):
+    for name in ("CUDA events", "NVML sampling", "known answer: NVML energy", "NVML counter period",
+                 "train fp16 autocast", "compile reduce-overhead", "compile max-autotune"):
         assert table[name][0] == SKIP and "CUDA" in table[name][1], (name, table[name])
-    assert table["loader dali"][0] in (PASS, SKIP)  # SKIP only where DALI is not installed
+    if dali_imports():
+        assert table["loader dali"][0] == PASS, table["loader dali"]
+    else:
+        assert table["loader dali"] == (SKIP, doctor_checks.DALI_HINT)
     assert "graphs" in table["compile default"][1]
     assert statuses(out.read_text()) == table
 
@@ -48,7 +61,9 @@ def test_doctor_passes_the_cpu_paths_and_skips_the_gpu_paths(tmp_path, capsys, m
 def test_doctor_passes_the_gpu_paths_on_a_gpu(tiny_data, capsys):
     assert main(["doctor", "--device", "cuda", "--data", str(tiny_data), "--skip-compile"]) == 0
     table = statuses(capsys.readouterr().out)
-    for name in ("loader torch", "loader resident", "CUDA events", "NVML sampling", "train fp32", "inference timing",
+    for name in ("loader torch", "loader resident", "CUDA events", "NVML sampling", "known answer: step timer",
+                 "known answer: samples/s", "known answer: FLOP counter", "known answer: memory peak",
+                 "known answer: NVML energy", "NVML counter period", "train fp32", "inference timing",
                  "train fp16 autocast"):
         assert table[name][0] == PASS, (name, table[name])
 
@@ -81,6 +96,8 @@ def test_a_check_that_raises_is_a_one_line_fail(tmp_path):
 @pytest.mark.parametrize("check", [
     check_cuda_events,
     check_nvml,
+    check_nvml_energy,
+    check_counter_period,
     lambda setup: check_precision(setup, "fp16"),
     lambda setup: check_compile(setup, "reduce-overhead"),
     lambda setup: check_compile(setup, "max-autotune"),

@@ -99,6 +99,7 @@ class ConstantPowerSampler:
     """Stands in for NvmlSampler: 100 W and a steady energy counter, one sample per millisecond
     from its creation to the moment the timeline is read."""
     period_s = 0.001
+    counter_period_s = 0.001
 
     def __init__(self):
         self.t0 = time.perf_counter()
@@ -123,4 +124,5 @@ def test_energy_windows_of_a_measured_variant(cfg):
     parts = row["energy_j"] + row["compile_energy_j"] + row["val_energy_j"]
     assert 0 < row["energy_j"] < parts <= row["phase_energy_j"] * (1 + 1e-9)
     assert row["energy_above_idle_j"] == pytest.approx(row["energy_j"] * (1 - 40.0 / 100.0))
+    assert row["energy_j_pm"] == pytest.approx(2 * 0.001 * 100.0 * cfg.epochs)  # one steady window an epoch
     assert row["energy_source"] == "counter" and np.isnan(row["time_to_target_s"]) == ("j_to_target" not in row)

@@ -209,5 +209,6 @@ def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict, devices: li
     ctx.sampler = NvmlSampler(devices, period_s)
     ctx.idle_power_w = ctx.sampler.measure_idle_power(3.0)  # NVML power is a ~1 s average
     env["idle_power_w"] = ctx.idle_power_w
+    env["nvml_counter_period_s"] = ctx.sampler.counter_period_s  # measured in the same idle window
     env["nvml_overhead"] = sampler_overhead(cfg, ctx, probe_variant)
     ctx.sampler.start()

@@ -16,11 +16,14 @@ from pathlib import Path
 import torch
 
 from bench.config import RunConfig
+from bench.instruments import checks as known
 from bench.instruments.env import collect_env, hardware_key
-from bench.instruments.nvml import NvmlSampler, nvml_unavailable_reason, pci_bus_id, summarize
+from bench.instruments.nvml import (MIN_COUNTER_PERIODS, NvmlSampler, nvml_unavailable_reason, pci_bus_id, summarize,
+                                    update_period_s)
 from bench.instruments.timing import Clock
 from bench.worker.runner import error_line, measure
 from bench.variants import COMPILE_MODES, Variant
+from models import ARCHITECTURES, DOWNSAMPLES
 from loaders import LOADERS, make_loader
 from loaders.dataset import discover_ids, label_of
 from loaders.generate import generate_dataset
@@ -32,6 +35,8 @@ BATCH = 8
 ARCH = "add"  # the smallest network (7M parameters)
 DALI_HINT = 'NVIDIA DALI not installed: pip install -e ".[dali]" (pulls nvidia-dali-cuda130)'
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune", "step")
+NVML_PERIOD_S = 0.02
+ENERGY_WINDOW_S = 3.0  # the known-answer energy window: 30 counter periods of 100 ms
 
 
 @dataclass
@@ -43,6 +48,7 @@ class Setup:
     data: Path | None = None  # a dataset to take the samples from instead of generating them
     split: dict | None = None
     runs: dict = field(default_factory=dict)  # Variant -> measure() row, so inference reuses fp32
+    energy_window: tuple | None = None  # (timeline, t0, t1) of the NVML known-answer run, made once
 
     def require_data(self) -> None:
         if self.split is None:
@@ -235,7 +241,7 @@ def check_nvml(setup: Setup) -> tuple[str, str]:
     reason = nvml_unavailable_reason(setup.device)
     if reason:
         return FAIL, f"{reason}: energy, power and utilisation columns would be empty"
-    with NvmlSampler(setup.device, period_s=0.02) as sampler:
+    with NvmlSampler(setup.device, period_s=NVML_PERIOD_S) as sampler:
         t0 = time.perf_counter()
         products = _busy(setup.device, 0.5)
         t1 = time.perf_counter()
@@ -244,6 +250,87 @@ def check_nvml(setup: Setup) -> tuple[str, str]:
         return FAIL, f"{summary['nvml_samples']} samples in 0.5 s (period 20 ms)"
     return PASS, (f"{summary['nvml_samples']} samples in 0.5 s, power {summary['power_w_mean']:.0f} W, "
                   f"utilisation {summary['gpu_util_mean']:.0f} %, energy from {summary['energy_source'] or 'n/a'}")
+
+
+def _verdict(answer: known.KnownAnswer) -> tuple[str, str]:
+    return (PASS if answer.passed else FAIL), answer.describe()
+
+
+def check_step_timer(setup: Setup) -> tuple[str, str]:
+    """The step timer on work of known duration (a busy loop on CPU, calibrated _sleep on a GPU)."""
+    return _verdict(known.check_step_timer(setup.device))
+
+
+def check_samples_per_s(setup: Setup) -> tuple[str, str]:
+    """The runner's samples/s on steps of known data wait and compute."""
+    return _verdict(known.check_samples_per_s(setup.device))
+
+
+def check_flop_counter(setup: Setup) -> tuple[str, str]:
+    """The FLOP counter against the hand count of every seed network: the doctor's network on the
+    device, the others on the meta device (the count depends on shapes only)."""
+    answers = [known.check_flop_counter(arch, downsample, setup.device if (arch, downsample) == (ARCH, "maxpool")
+                                        else torch.device("meta"))
+               for arch in ARCHITECTURES for downsample in DOWNSAMPLES]
+    wrong = [a for a in answers if not a.passed]
+    if wrong:
+        return FAIL, "; ".join(a.describe() for a in wrong)
+    first = answers[ARCHITECTURES.index(ARCH) * len(DOWNSAMPLES)]
+    return PASS, (f"{len(answers)} seed networks counted exactly as by hand, e.g. {first.what}: "
+                  f"{first.measured / 1e9:.4f} GFLOP")
+
+
+def check_memory_peak(setup: Setup) -> tuple[str, str]:
+    """The memory peak's rise over one allocation of known size."""
+    return _verdict(known.check_memory_peak(setup.device))
+
+
+def _energy_window(setup: Setup) -> tuple:
+    """The GPU busy for a second (NVML power averages over up to one) and then for
+    ENERGY_WINDOW_S under the sampler: (timeline, t0, t1), measured once for both NVML checks."""
+    if setup.energy_window is None:
+        with NvmlSampler(setup.device, period_s=NVML_PERIOD_S) as sampler:
+            _busy(setup.device, 1.0)
+            t0 = time.perf_counter()
+            _busy(setup.device, ENERGY_WINDOW_S)
+            t1 = time.perf_counter()
+        setup.energy_window = (sampler.timeline(), t0, t1)
+    return setup.energy_window
+
+
+def _nvml_reason(setup: Setup) -> tuple[str, str] | None:
+    """SKIP without CUDA, FAIL when NVML cannot see the GPU; None when the NVML checks can run."""
+    reason = _no_cuda(setup)
+    if reason:
+        return SKIP, reason
+    reason = nvml_unavailable_reason(setup.device)
+    return (FAIL, f"{reason}: energy, power and utilisation columns would be empty") if reason else None
+
+
+def check_counter_period(setup: Setup) -> tuple[str, str]:
+    """How often the energy counter moves: the resolution every energy figure states."""
+    verdict = _nvml_reason(setup)
+    if verdict:
+        return verdict
+    timeline, t0, t1 = _energy_window(setup)
+    period = update_period_s(timeline)
+    if not math.isfinite(period):
+        return FAIL, f"the energy counter (or power reading) moved fewer than 3 times in {t1 - t0 + 1:.0f} s"
+    at_most = "at most " if period < 1.5 * NVML_PERIOD_S else ""
+    return PASS, (f"moves every {at_most}{1000 * period:.0f} ms (sampled every {1000 * NVML_PERIOD_S:.0f} ms): "
+                  f"energy windows of {MIN_COUNTER_PERIODS * period:.1f} s resolve to 4 %")
+
+
+def check_nvml_energy(setup: Setup) -> tuple[str, str]:
+    """The energy counter over a busy window against mean power x time over the same window."""
+    verdict = _nvml_reason(setup)
+    if verdict:
+        return verdict
+    timeline, t0, t1 = _energy_window(setup)
+    answer = known.check_energy_counter(timeline, t0, t1, update_period_s(timeline))
+    if answer is None:
+        return SKIP, "no energy counter on this GPU: energy figures come from integrated power"
+    return _verdict(answer)
 
 
 def checks(skip_compile: bool = False) -> list[tuple[str, object]]:
@@ -255,6 +342,12 @@ def checks(skip_compile: bool = False) -> list[tuple[str, object]]:
         *[(f"loader {kind}", functools.partial(check_loader, kind=kind)) for kind in LOADERS],
         ("CUDA events", check_cuda_events),
         ("NVML sampling", check_nvml),
+        ("known answer: step timer", check_step_timer),
+        ("known answer: samples/s", check_samples_per_s),
+        ("known answer: FLOP counter", check_flop_counter),
+        ("known answer: memory peak", check_memory_peak),
+        ("known answer: NVML energy", check_nvml_energy),
+        ("NVML counter period", check_counter_period),
         ("train fp32", functools.partial(check_precision, precision="fp32")),
         ("inference timing", check_inference),
         ("train bf16 autocast", functools.partial(check_precision, precision="bf16")),

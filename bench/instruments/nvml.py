@@ -4,7 +4,9 @@ A daemon thread polls the GPU (under torchrun: every GPU of the node the job use
 `period_s` and stamps each sample with time.perf_counter(), so the runner can cut the timeline
 at its own perf_counter marks (one window per variant and phase) and call `summarize` on each
 window. `summarize` is a pure function of a recorded timeline, so the arithmetic is tested
-without a GPU.
+without a GPU. The energy counter moves only every period (about 100 ms on recent GPUs), so
+every energy figure carries its uncertainty from that period (energy_uncertainty_j), measured
+in the idle window before a run (update_period_s), and is flagged when it is not resolved.
 """
 
 import math
@@ -40,6 +42,13 @@ THROTTLE_MASK = (
     | pynvml.nvmlClocksThrottleReasonHwPowerBrakeSlowdown  # 0x80
 )
 THROTTLED_SHARE_LIMIT = 0.05
+# An energy figure is resolved when its uncertainty (energy_uncertainty_j) is at most that of one
+# window MIN_COUNTER_PERIODS counter periods long: 2 / 50 = 4 %. Shorter ones are flagged.
+MIN_COUNTER_PERIODS = 50
+# How far the energy counter may stray from mean power x time over the same steady window before
+# `bench doctor` calls it wrong (beyond its resolution): NVML power is itself an average over up to
+# a second, and on A100/H100 the counter integrates only part of each period (Yang et al., SC24).
+ENERGY_TOLERANCE = 0.10
 # The CUDA index of each row's GPU; only a timeline of several GPUs has it, so a one-GPU
 # nvml.csv keeps COLUMNS alone (as older run directories do).
 GPU = "gpu"
@@ -149,6 +158,7 @@ class NvmlSampler:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.counter_period_s = math.nan  # measured by measure_idle_power
 
     def start(self) -> "NvmlSampler":
         """Initialise NVML, find each device's handle and begin sampling."""
@@ -216,8 +226,9 @@ class NvmlSampler:
             return pd.DataFrame(list(self._marks), columns=["time", "label"])
 
     def measure_idle_power(self, seconds: float = 1.0) -> float:
-        """Mean power over a quiet window, the baseline for energy above idle. Call it before
-        the run; it starts the sampler for the window if it is not already running."""
+        """Mean power over a quiet window, the baseline for energy above idle; the same samples
+        measure the energy counter's update period (self.counter_period_s, see update_period_s).
+        Call it before the run; it starts the sampler for the window if it is not already running."""
         running = self._thread is not None
         if not running:
             self.start()
@@ -231,6 +242,7 @@ class NvmlSampler:
                 self.stop()
         samples = self.timeline()
         in_window = samples[(samples["time"] >= t0) & (samples["time"] <= t1)]
+        self.counter_period_s = update_period_s(in_window)
         return float(_tick_power(in_window).mean()) if len(in_window) else math.nan
 
     def to_csv(self, path) -> None:
@@ -321,26 +333,78 @@ def window_energy(timeline: pd.DataFrame, windows: list[tuple[float, float]]) ->
     return float(sum(j for j, _ in parts)), "+".join(sorted({s for _, s in parts}))
 
 
+def update_period_s(timeline: pd.DataFrame) -> float:
+    """How often the reading that energy comes from moves: the energy counter where it reads, else
+    the power reading. The mean time between its changes (first to last change over their count,
+    so the sampler's own period averages out), the slowest GPU's; NaN with under 3 changes. A
+    counter that moves at every sample reads as the sampling period: its period is at most that."""
+    periods = []
+    for gpu in per_gpu(timeline):
+        column = "energy_mj" if np.isfinite(gpu["energy_mj"]).sum() >= 2 else "power_w"
+        read = gpu[np.isfinite(gpu[column])].sort_values("time")
+        changed = read["time"][read[column].diff().fillna(0) != 0]
+        if len(changed) >= 3:
+            periods.append(float(changed.iloc[-1] - changed.iloc[0]) / (len(changed) - 1))
+    return max(periods) if periods else math.nan
+
+
+def energy_uncertainty_j(power_w_mean: float, windows: int, period_s: float) -> float:
+    """How far an energy figure over `windows` windows may be off because the counter moves only
+    every `period_s`: a reading is up to one period stale, so each window boundary can shift up
+    to one period's energy in or out of the window. Bounded by one period of mean power at each
+    boundary, two per window, summed over the windows (no cancelling assumed): 2 x windows x
+    period x mean power. NaN where the period is not known."""
+    return 2 * windows * period_s * power_w_mean
+
+
+def energy_resolved(joules: float, uncertainty_j: float) -> bool | float:
+    """Whether an energy figure is resolved: uncertainty at most 2 / MIN_COUNTER_PERIODS of it, as
+    from windows MIN_COUNTER_PERIODS counter periods long on average; NaN where either is unknown."""
+    if not (math.isfinite(joules) and math.isfinite(uncertainty_j)) or joules <= 0:
+        return math.nan
+    return uncertainty_j <= joules * 2 / MIN_COUNTER_PERIODS
+
+
+def phase_energies(timeline: pd.DataFrame, phases: dict[str, list[tuple[float, float]]], period_s: float) -> dict:
+    """Each named phase's energy (window_energy over its windows) and, as `<name>_pm`, its
+    uncertainty from the counter period (energy_uncertainty_j at the phase's mean power)."""
+    columns = {}
+    for name, windows in phases.items():
+        joules = window_energy(timeline, windows)[0]
+        duration = sum(t1 - t0 for t0, t1 in windows)
+        power = joules / duration if duration > 0 else math.nan
+        columns[name] = joules
+        columns[f"{name}_pm"] = energy_uncertainty_j(power, len(windows), period_s)
+    return columns
+
+
 def summarize(
-    timeline: pd.DataFrame, t0: float, t1: float, idle_power_w: float | None, samples: int
+    timeline: pd.DataFrame, t0: float, t1: float, idle_power_w: float | None, samples_per_gpu: int,
+    counter_period_s: float = math.nan,
 ) -> dict:
     """NVML metrics for the samples in [t0, t1] (perf_counter seconds) of a timeline with
-    COLUMNS, as NvmlSampler.timeline() returns; `samples` is the work done in the window."""
-    return summarize_windows(timeline, [(t0, t1)], idle_power_w, samples)
+    COLUMNS, as NvmlSampler.timeline() returns; `samples_per_gpu` is each GPU's work in the window."""
+    return summarize_windows(timeline, [(t0, t1)], idle_power_w, samples_per_gpu, counter_period_s)
 
 
 def summarize_windows(
-    timeline: pd.DataFrame, windows: list[tuple[float, float]], idle_power_w: float | None, samples: int
+    timeline: pd.DataFrame, windows: list[tuple[float, float]], idle_power_w: float | None, samples_per_gpu: int,
+    counter_period_s: float = math.nan,
 ) -> dict:
     """NVML metrics over several windows taken together (the timed steps of each epoch, without
-    the evaluations between them); `samples` is the work done in all of them.
+    the evaluations between them); `samples_per_gpu` is the work each sampled GPU did in all of
+    them (under torchrun every rank trains an equal shard, so rank 0's count).
+
+    energy_j_pm is energy_j's uncertainty from the counter period (energy_uncertainty_j), and
+    energy_resolved says whether it is small enough to show the figure as fact (energy_resolved).
 
     energy_j covers each whole window: the energy measured between a window's first and last
     sample is scaled by its length over their span, so the part of the window before the first
     and after the last sample is not lost. Unmeasurable values are NaN, never 0.
 
-    With several GPUs the figures are the node's: energy and mean power are summed over GPUs
-    (power_w_max is the highest tick sum, idle_power_w should be the node's too), utilisation
+    With several GPUs the figures are the node's (nvml_gpus says how many): energy and mean power
+    are summed over GPUs, samples_per_j is the node's samples (samples_per_gpu x nvml_gpus) over
+    the node's energy (power_w_max is the highest tick sum, idle_power_w should be the node's too), utilisation
     and SM clock are means over GPUs, temperature and nvml_mem_peak_mb the highest of any one
     GPU, nvml_samples the ticks, and throttled_share the share of ticks where any GPU throttled.
     One GPU gives its own figures.
@@ -352,13 +416,16 @@ def summarize_windows(
     columns = COLUMNS + [GPU] if GPU in timeline else COLUMNS
     window = timeline.loc[in_windows, columns].astype(float)
     gpus = pd.DataFrame([_gpu_means(gpu) for gpu in per_gpu(window)])
+    node_gpus = len(per_gpu(timeline))
     energy_j, source = window_energy(timeline, windows)
     duration = sum(t1 - t0 for t0, t1 in windows)
     above_idle = math.nan
     if idle_power_w is not None and math.isfinite(idle_power_w):
         above_idle = energy_j - idle_power_w * duration
     share = _throttled_share(window)
+    uncertainty = energy_uncertainty_j(energy_j / duration if duration > 0 else math.nan, len(windows), counter_period_s)
     return {
+        "nvml_gpus": node_gpus,
         "nvml_samples": int(gpus["nvml_samples"].max()),
         "gpu_util_mean": float(gpus["gpu_util_mean"].mean()),
         "gpu_util_max": float(window["gpu_util"].max()),
@@ -369,9 +436,11 @@ def summarize_windows(
         "temp_c_max": float(window["temp_c"].max()),
         "nvml_mem_peak_mb": float(window["mem_used_mb"].max()),
         "energy_j": energy_j,
+        "energy_j_pm": uncertainty,
+        "energy_resolved": energy_resolved(energy_j, uncertainty),
         "energy_source": source,
         "energy_above_idle_j": above_idle,
-        "samples_per_j": samples / energy_j if energy_j > 0 else math.nan,
+        "samples_per_j": samples_per_gpu * node_gpus / energy_j if energy_j > 0 else math.nan,
         "throttled_share": share,
         "throttled": share > THROTTLED_SHARE_LIMIT if math.isfinite(share) else math.nan,
     }

@@ -231,17 +231,17 @@ def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> float:
 def _nvml_columns(run: TrainingRun, cfg: RunConfig, ctx: RunContext) -> dict:
     """Energy and utilisation of the timed steady steps, with the compile (warm-up steps),
     validation and whole-phase energy beside them, and the energy to the target from the start."""
-    from bench.instruments.nvml import nvml_unavailable_reason, summarize_windows, window_energy
+    from bench.instruments.nvml import nvml_unavailable_reason, phase_energies, summarize_windows
     if ctx.sampler is None:
         return {"nvml_note": ctx.nvml_reason or nvml_unavailable_reason(cfg.device) or "NVML sampler not running"}
-    timeline = ctx.sampler.timeline()
-    steady_samples = max(len(run.data_ms) - cfg.warmup_steps, 0) * run.trainer.variant.batch_size
-    columns = summarize_windows(timeline, run.steady_windows, ctx.idle_power_w, steady_samples)
-    columns["compile_energy_j"] = window_energy(timeline, [run.warmup_window])[0] if run.warmup_window else math.nan
-    columns["val_energy_j"] = window_energy(timeline, run.eval_windows)[0]
-    columns["phase_energy_j"] = window_energy(timeline, [(run.t_start, run.t_end)])[0]
+    timeline, period = ctx.sampler.timeline(), ctx.sampler.counter_period_s
+    steady_samples = max(len(run.data_ms) - cfg.warmup_steps, 0) * run.trainer.variant.batch_size  # each rank's
+    columns = summarize_windows(timeline, run.steady_windows, ctx.idle_power_w, steady_samples, period)
+    phases = {"compile_energy_j": [run.warmup_window] if run.warmup_window else [], "val_energy_j": run.eval_windows,
+              "phase_energy_j": [(run.t_start, run.t_end)]}
     if not math.isnan(run.time_to_target):
-        columns["j_to_target"] = window_energy(timeline, [(run.t_start, run.t_start + run.time_to_target)])[0]
+        phases["j_to_target"] = [(run.t_start, run.t_start + run.time_to_target)]
+    columns.update(phase_energies(timeline, phases, period))
     return columns
 
 
