@@ -153,15 +153,18 @@ def _verdict(first: Run, run: Run, variant: str, metric: str, higher: bool, rati
     windows_a, windows_b = first.windows(variant), run.windows(variant)
     steps_a, steps_b = first.step_ms(variant), run.step_ms(variant)
     if min(len(windows_a), len(windows_b)) >= rules.get("min_samples", 5) or not (len(steps_a) and len(steps_b)):
-        method = "epochs"
         result = compare_samples(windows_a, windows_b, higher_is_better=True, throttled=throttled, **rules)
-    else:  # too few epochs: per-step times; throughput is batch / mean step time
-        method = "steps"
-        rules["min_samples"] = min_steps
-        result = compare_series(steps_a, steps_b, higher_is_better=True, centre=lambda ms: 1 / np.mean(ms),
-                                throttled=throttled, **rules)
+        no_steps = "; no per-step times (steps.csv) in a run to fall back on" if result.reason.startswith("too few") else ""
+        return _verdict_columns(result, "epochs", no_steps)
+    rules["min_samples"] = min_steps  # too few epochs: per-step times; throughput is batch / mean step time
+    result = compare_series(steps_a, steps_b, higher_is_better=True, centre=lambda ms: 1 / np.mean(ms),
+                            throttled=throttled, **rules)
+    return _verdict_columns(result, "steps")
+
+
+def _verdict_columns(result, method: str, note: str = "") -> dict:
     return {"low": result.low, "high": result.high, "p": result.p, "samples": f"{result.n_a}/{result.n_b}",
-            "method": method, "verdict": result.verdict, "reason": result.reason}
+            "method": method, "verdict": result.verdict, "reason": result.reason + note}
 
 
 def add_costs(runs: list[Run], prices: dict[str, float]) -> list[str]:
@@ -295,7 +298,7 @@ def differences_lines(runs: list[Run]) -> list[str]:
         lines += [f"> **Warning:** software differs ({', '.join(software)}): the ratios compare hardware "
                   "and software together, not hardware alone.", ""]
     lines += [f"- {f}: " + " vs ".join(f"`{json_text(v) or 'n/a'}`" if v is not None else "not recorded"
-                                       for v in values) for f, values in differ.items()] or ["- nothing recorded"]
+                                       for v in values) for f, values in differ.items()] or ["- no recorded field differs"]
     if partial:
         lines += ["", f"Recorded by only some runs (same value where recorded): {', '.join(partial)}."]
     return lines
