@@ -70,7 +70,8 @@ class Run:
         """Per-step training times (data + compute, ms) of every seed and repeat, in run order."""
         if self.steps.empty:
             return np.array([])
-        rows = self.steps[self.steps["variant"] == variant].sort_values(["seed", "repeat", "step"], kind="stable")
+        rows = self.steps[self.steps["variant"] == variant]
+        rows = rows.sort_values([k for k in ("seed", "world_size", "repeat", "step") if k in rows], kind="stable")
         return (rows["data_ms"] + rows["compute_ms"]).to_numpy(float)
 
 

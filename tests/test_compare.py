@@ -223,7 +223,7 @@ def test_step_rows_keep_the_timed_steps_with_their_epoch(tmp_path):
     from bench.parent.matrix import write_steps
     from bench.worker.runner import step_rows
     run = SimpleNamespace(epoch_steps=[3, 3], data_ms=np.arange(6.0), compute_ms=np.arange(6.0) * 10)
-    cfg = SimpleNamespace(warmup_steps=2, seed=7)
+    cfg = SimpleNamespace(warmup_steps=2, seed=7, world_size=1)
     rows = step_rows(SimpleNamespace(name="v"), cfg, [run, run])
     assert [(r["repeat"], r["epoch"], r["step"]) for r in rows[:4]] == [(0, 0, 2), (0, 1, 3), (0, 1, 4), (0, 1, 5)]
     assert rows[0]["data_ms"] == 2.0 and rows[0]["compute_ms"] == 20.0 and len(rows) == 8

@@ -280,8 +280,9 @@ def step_rows(variant: Variant, cfg: RunConfig, runs: list[TrainingRun]) -> list
     for repeat, run in enumerate(runs):
         epochs = np.repeat(np.arange(len(run.epoch_steps)), run.epoch_steps)
         for step in range(cfg.warmup_steps, len(run.data_ms)):
-            rows.append({"variant": variant.name, "seed": cfg.seed, "repeat": repeat, "epoch": int(epochs[step]),
-                         "step": step, "data_ms": float(run.data_ms[step]), "compute_ms": float(run.compute_ms[step])})
+            rows.append({"variant": variant.name, "seed": cfg.seed, "world_size": cfg.world_size, "repeat": repeat,
+                         "epoch": int(epochs[step]), "step": step, "data_ms": float(run.data_ms[step]),
+                         "compute_ms": float(run.compute_ms[step])})
     return rows
 
 
