@@ -66,6 +66,32 @@ def positive(text: str) -> int:
     return value
 
 
+def shard_spec(text: str) -> tuple[int, int]:
+    """argparse type for --shard I/N: the I-th (from 0) of N parts, 0 <= I < N."""
+    index, sep, count = text.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        index = count = -1
+    if not sep or count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return index, count
+
+
+def shard_of(variants: list, shard: tuple[int, int]) -> list:
+    """The I-th of N disjoint parts of the matrix: every N-th variant in name order, from the I-th,
+    so every machine computes the same split from the same flags and the parts differ by at most
+    one variant. The variants keep the matrix's order."""
+    index, count = shard
+    names = sorted(v.name for v in variants)
+    mine = set(names[index::count])
+    part = [v for v in variants if v.name in mine]
+    if not part:
+        raise ValueError(f"--shard {index}/{count}: this part of the matrix is empty ({len(variants)} variants "
+                         f"over {count} shards); use at most {len(variants)} shards")
+    return part
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset root in the NVIDIA assessment layout (default: generate data/synthetic)")
     p.add_argument("--split", help="split JSON {seed, train, val} (default: DATA/split.json, made on first use)")
@@ -88,6 +114,8 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=PROFILES, help="quick (default without a GPU), gpu (default with one) or seed")
     p.add_argument("--channels", type=csv_list(str, CHANNELS), default=["seed"],
                    help="seed,aligned: conv widths as the seed's, or zero-padded to multiples of 8 (same function)")
+    p.add_argument("--shard", type=shard_spec, metavar="I/N", help="run only the I-th (from 0) of N disjoint parts "
+                   "of the matrix, e.g. --shard $SLURM_ARRAY_TASK_ID/4; merge the parts with bench report --out")
 
 
 def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
@@ -103,7 +131,7 @@ def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
     if not chosen:
         raise SystemExit(f"error: --variants {' '.join(args.variants)} matches none of the {len(variants)} variants "
                          "(see `python -m bench list`)")
-    return chosen
+    return shard_of(chosen, args.shard) if getattr(args, "shard", None) else chosen
 
 
 def with_pipeline_rows(variants: list, epochs: int, dali: bool) -> list:

@@ -2,8 +2,11 @@
 leaderboard (one table per metric, a column per hardware).
 
 Runs are joined on the variant name. Training throughput gets a verdict from its per-epoch
-steady windows in curves.csv (reports/stats.py states the rules); the other metrics are one
+steady windows in curves.csv, or, where a side has too few epochs, from its per-step times in
+steps.csv with a block bootstrap (reports/stats.py states the rules); the other metrics are one
 value per run, so their ratio is shown without a verdict ("inconclusive: one value per run").
+With prices per hardware key (reports/cost.py) the leaderboard adds dollars per million
+training samples and per network trained to the target, beside joules per sample.
 """
 
 from dataclasses import dataclass
@@ -12,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.results import CURVES, ENV, INFERENCE, READABLE_VERSIONS, RESULTS, read_env, read_table
-from reports.stats import INCONCLUSIVE, compare_samples
+from reports.cost import cost_columns
+from reports.results import CURVES, ENV, INFERENCE, READABLE_VERSIONS, RESULTS, STEPS, read_env, read_table
+from reports.stats import INCONCLUSIVE, compare_samples, compare_series
 
 # column -> (label, higher is better)
 METRICS = {
@@ -25,12 +29,18 @@ METRICS = {
     "samples_per_j": ("samples/J", True),
     "accuracy": ("accuracy %", True),
     "time_to_target_s": ("time to target s", False),
+    "j_per_sample": ("J per train sample", False),
+    "usd_per_million_samples": ("$ per 1M train samples", False),
+    "usd_per_trained_network": ("$ per network trained to target", False),
 }
 # label -> env.json key; the software ones make a ratio compare more than hardware
 ENV_FIELDS = {"hardware": "hardware", "GPU": "gpu_name", "driver": "driver", "CUDA": "cuda", "torch": "torch",
               "DALI": "dali", "Python": "python", "power limit W": "power_limit_w",
-              "max SM clock MHz": "sm_clock_max_mhz", "CPU": "cpu_model", "CPU cores": "cpu_cores"}
-SOFTWARE = ("driver", "CUDA", "torch", "DALI", "Python")
+              "max SM clock MHz": "sm_clock_max_mhz", "CPU": "cpu_model", "CPU cores": "cpu_cores",
+              "intra-op threads": "threads.intra_op"}
+SOFTWARE_KEYS = ("driver", "cuda", "cudnn", "torch", "torchvision", "triton", "dali", "python")
+# env.json fields that name or measure one run rather than set up its machine: never "what differs"
+PER_RUN = ("command", "data", "split", "hardware", "idle_power_w", "nvml_overhead", "schema_version")
 
 
 class CompareError(ValueError):
@@ -44,6 +54,7 @@ class Run:
     env: dict
     results: pd.DataFrame  # status ok rows, one per variant and training seed
     curves: pd.DataFrame
+    steps: pd.DataFrame  # timed steps in run order (steps.csv; empty for runs made before it)
 
     def throttled(self, variant: str) -> bool:
         row = self.results.loc[self.results["variant"] == variant]
@@ -54,6 +65,14 @@ class Run:
         if self.curves.empty or "train_samples_per_s" not in self.curves:
             return np.array([])
         return self.curves.loc[self.curves["variant"] == variant, "train_samples_per_s"].dropna().to_numpy(float)
+
+    def step_ms(self, variant: str) -> np.ndarray:
+        """Per-step training times (data + compute, ms) of every seed and repeat, in run order."""
+        if self.steps.empty:
+            return np.array([])
+        rows = self.steps[self.steps["variant"] == variant]
+        rows = rows.sort_values([k for k in ("seed", "world_size", "repeat", "step") if k in rows], kind="stable")
+        return (rows["data_ms"] + rows["compute_ms"]).to_numpy(float)
 
 
 def load_run(path: str | Path) -> Run:
@@ -73,7 +92,8 @@ def load_run(path: str | Path) -> Run:
     if not inference.empty and "infer_samples_per_s" not in results:  # older rows: take the largest batch
         best = inference.groupby("variant")["samples_per_s"].max()
         results["infer_samples_per_s"] = results["variant"].map(best)
-    return Run(env.get("hardware") or path.name, path, env, results, read_table(path / CURVES, key=None))
+    return Run(env.get("hardware") or path.name, path, env, results, read_table(path / CURVES, key=None),
+               read_table(path / STEPS, key=None))
 
 
 def load_runs(paths: list) -> list[Run]:
@@ -128,10 +148,54 @@ def _verdict(first: Run, run: Run, variant: str, metric: str, higher: bool, rati
         return {"verdict": INCONCLUSIVE, "reason": "missing in one run"}
     if metric != "train_samples_per_s":
         return {"verdict": INCONCLUSIVE, "reason": "one value per run"}
-    result = compare_samples(first.windows(variant), run.windows(variant), higher_is_better=True,
-                             throttled=first.throttled(variant) or run.throttled(variant), **rules)
+    rules = dict(rules)
+    min_steps = rules.pop("min_steps", 30)
+    throttled = first.throttled(variant) or run.throttled(variant)
+    windows_a, windows_b = first.windows(variant), run.windows(variant)
+    steps_a, steps_b = first.step_ms(variant), run.step_ms(variant)
+    if min(len(windows_a), len(windows_b)) >= rules.get("min_samples", 5) or not (len(steps_a) and len(steps_b)):
+        result = compare_samples(windows_a, windows_b, higher_is_better=True, throttled=throttled, **rules)
+        no_steps = "; no per-step times (steps.csv) in a run to fall back on" if result.reason.startswith("too few") else ""
+        return _verdict_columns(result, "epochs", no_steps)
+    rules["min_samples"] = min_steps  # too few epochs: per-step times; throughput is batch / mean step time
+    result = compare_series(steps_a, steps_b, higher_is_better=True, centre=lambda ms: 1 / np.mean(ms),
+                            throttled=throttled, **rules)
+    return _verdict_columns(result, "steps")
+
+
+def _verdict_columns(result, method: str, note: str = "") -> dict:
     return {"low": result.low, "high": result.high, "p": result.p, "samples": f"{result.n_a}/{result.n_b}",
-            "verdict": result.verdict, "reason": result.reason}
+            "method": method, "verdict": result.verdict, "reason": result.reason + note}
+
+
+def add_costs(runs: list[Run], prices: dict[str, float]) -> list[str]:
+    """Adds the cost columns (and joules per sample) to each run's rows, priced by its hardware
+    key; returns the hardware keys that have no price."""
+    unpriced = []
+    for run in runs:
+        key = run.env.get("hardware", "")
+        price = prices.get(key, np.nan)
+        if key not in prices:
+            unpriced.append(key or run.label)
+        costs = [cost_columns(speed, to_target, price) for speed, to_target in
+                 zip(_numbers(run.results, "train_samples_per_s"), _numbers(run.results, "time_to_target_s"))]
+        for name in ("usd_per_million_samples", "usd_per_trained_network"):
+            run.results[name] = [cost[name] for cost in costs]
+    return list(dict.fromkeys(unpriced))
+
+
+def _numbers(rows: pd.DataFrame, column: str) -> pd.Series:
+    """A column as floats, NaN where empty or where the run has no such column."""
+    if column not in rows:
+        return pd.Series(np.nan, index=rows.index)
+    return pd.to_numeric(rows[column], errors="coerce")
+
+
+def add_joules_per_sample(runs: list[Run]) -> None:
+    """J per training sample where NVML measured samples per joule (NaN otherwise)."""
+    for run in runs:
+        per_j = _numbers(run.results, "samples_per_j")
+        run.results["j_per_sample"] = 1 / per_j.where(per_j > 0)
 
 
 def leaderboard(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -145,7 +209,7 @@ def environment_table(runs: list[Run]) -> pd.DataFrame:
     """Hardware and software of each run side by side; the clock falls back to the rows' mean."""
     table = {}
     for run in runs:
-        env = dict(run.env)
+        env = flat_env(run.env)
         if not env.get("sm_clock_max_mhz") and "sm_clock_mhz_mean" in run.results:
             clocks = pd.to_numeric(run.results["sm_clock_mhz_mean"], errors="coerce").dropna()
             env["sm_clock_max_mhz"] = f"{clocks.mean():.0f} (mean while training)" if len(clocks) else ""
@@ -153,9 +217,35 @@ def environment_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(table, index=list(ENV_FIELDS))
 
 
-def differences(env_table: pd.DataFrame) -> list[str]:
-    """The environment fields whose values differ between the runs."""
-    return [field for field, values in env_table.iterrows() if values.nunique() > 1 and field != "hardware"]
+def flat_env(env: dict, prefix: str = "") -> dict:
+    """env.json as one level, nested keys joined with dots ("threads.intra_op")."""
+    flat = {}
+    for key, value in env.items():
+        if isinstance(value, dict):
+            flat.update(flat_env(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def env_differences(runs: list[Run]) -> tuple[dict[str, list], list[str]]:
+    """({field: each run's value} for every env.json field two runs recorded differently,
+    fields some runs did not record at all). Generic: any field added to env.json is covered."""
+    flats = [flat_env({k: v for k, v in run.env.items() if k not in PER_RUN}) for run in runs]
+    fields = list(dict.fromkeys(key for flat in flats for key in flat))
+    differ, partial = {}, []
+    for field in fields:
+        values = [flat.get(field) for flat in flats]
+        recorded = {json_text(v) for v in values if v is not None}
+        if len(recorded) > 1:
+            differ[field] = values
+        elif None in values:
+            partial.append(field)
+    return differ, partial
+
+
+def json_text(value) -> str:
+    return "" if value is None else str(value)
 
 
 def _number(value) -> str:
@@ -182,41 +272,63 @@ def verdict_section(table: pd.DataFrame, level: float) -> str:
     rows[f"{level:.0%} interval"] = [("n/a" if pd.isna(lo) else f"{lo:.3f}-{hi:.3f}")
                                      for lo, hi in zip(rows["low"], rows["high"])]
     rows["p"] = rows["p"].map(lambda p: "n/a" if pd.isna(p) else f"{p:.2g}")
-    return rows[["variant", "run", "ratio", f"{level:.0%} interval", "p", "samples", "verdict", "reason"]] \
+    if "method" not in rows:
+        rows["method"] = ""
+    return rows[["variant", "run", "ratio", f"{level:.0%} interval", "p", "samples", "method", "verdict", "reason"]] \
         .fillna("").to_markdown(index=False)
 
 
-def rules_text(level: float, alpha: float, margin: float, min_samples: int) -> str:
+def rules_text(level: float, alpha: float, margin: float, min_samples: int, min_steps: int = 30) -> str:
     return (f"Verdicts compare each run's per-epoch steady-state training throughput (curves.csv) with the "
             f"first run's: ratio of means with a {level:.0%} bootstrap interval and a two-sided Mann-Whitney U "
-            f"test. **faster/slower**: p < {alpha:g} and the interval excludes 1. **same**: the whole "
-            f"interval within ±{margin:.0%} (1/{1 + margin:g} to {1 + margin:g}). **inconclusive**: fewer "
-            f"than {min_samples} epochs on a side, a run flagged as throttled, or neither rule holds.")
+            f"test (method `epochs`). Where a side has fewer than {min_samples} epochs, its per-step times "
+            f"(steps.csv) are compared instead: throughput as batch / mean step time, the interval and p from a "
+            f"circular block bootstrap that keeps neighbouring steps together (method `steps`, at least "
+            f"{min_steps} steps a side). **faster/slower**: p < {alpha:g} and the interval excludes 1. "
+            f"**same**: the whole interval within ±{margin:.0%} (1/{1 + margin:g} to {1 + margin:g}). "
+            f"**inconclusive**: too few samples, a run flagged as throttled, or neither rule holds.")
+
+
+def differences_lines(runs: list[Run]) -> list[str]:
+    """'What differs': every env.json field two runs recorded differently, the software warning
+    first, then the fields only some runs recorded (older runs record less)."""
+    differ, partial = env_differences(runs)
+    lines = []
+    software = [f for f in differ if f in SOFTWARE_KEYS]
+    if software:
+        lines += [f"> **Warning:** software differs ({', '.join(software)}): the ratios compare hardware "
+                  "and software together, not hardware alone.", ""]
+    lines += [f"- {f}: " + " vs ".join(f"`{json_text(v) or 'n/a'}`" if v is not None else "not recorded"
+                                       for v in values) for f, values in differ.items()] or ["- no recorded field differs"]
+    if partial:
+        lines += ["", f"Recorded by only some runs (same value where recorded): {', '.join(partial)}."]
+    return lines
 
 
 def write_compare(runs: list[Run], out: str | Path, level: float = 0.99, alpha: float = 0.01,
-                  margin: float = 0.05, min_samples: int = 5) -> list[Path]:
+                  margin: float = 0.05, min_samples: int = 5, min_steps: int = 30,
+                  prices: dict[str, float] | None = None) -> list[Path]:
     """compare.md, compare.csv and plots/compare.png in `out`; returns the paths written."""
     from reports.plots import plot_leaderboard
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = compare_table(runs, level=level, alpha=alpha, margin=margin, min_samples=min_samples)
+    add_joules_per_sample(runs)
+    unpriced = add_costs(runs, prices) if prices else []
+    table = compare_table(runs, level=level, alpha=alpha, margin=margin, min_samples=min_samples, min_steps=min_steps)
     table.to_csv(out / "compare.csv", index=False)
     env = environment_table(runs)
-    differ = differences(env)
     lines = ["# fusionbench compare", "", "Ratios are to the first run, "
              f"`{runs[0].label}` ({runs[0].path}). Runs: " + ", ".join(f"`{r.label}` ({r.path})" for r in runs) + ".",
-             "", "## Environments", "", env.to_markdown(), ""]
-    software = [f for f in differ if f in SOFTWARE]
-    if software:
-        lines += [f"> **Warning:** software differs ({', '.join(software)}): the ratios compare hardware "
-                  "and software together, not hardware alone.", ""]
-    lines += ["## What differs", ""]
-    lines += [f"- {f}: " + " vs ".join(f"`{v}`" for v in env.loc[f]) for f in differ] or ["- nothing recorded"]
-    lines += ["", "## Training throughput verdicts", "", rules_text(level, alpha, margin, min_samples), "",
+             "", "## Environments", "", env.to_markdown(), "", "## What differs", "", *differences_lines(runs)]
+    lines += ["", "## Training throughput verdicts", "", rules_text(level, alpha, margin, min_samples, min_steps), "",
               verdict_section(table, level), "", "## Leaderboard", "",
               f"One table per metric, a column per run and the ratio of each to `{runs[0].label}`. Metrics "
               "other than training throughput are one value per run: their ratios carry no verdict.", ""]
+    if prices:
+        lines += ["Cost at " + ", ".join(f"`{k}` ${v:g}/h" for k, v in prices.items()) + ": dollars per million "
+                  "training samples (price / train samples/s) and per network trained to the target accuracy "
+                  "(price x time to target; n/a where the target was not reached)"
+                  + (f"; no price for {', '.join(f'`{k}`' for k in unpriced)}" if unpriced else "") + ".", ""]
     lines += [section + "\n" for section in (metric_section(table, m) for m in METRICS) if section]
     presence = variant_presence(runs)
     partial = presence[~presence.drop(columns="variant").all(axis=1)]

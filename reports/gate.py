@@ -6,7 +6,8 @@ slower than the baseline's beyond `threshold` (median ratio > 1 + threshold, def
 a one-sided Mann-Whitney U test on the raw rounds gives p < `alpha` (default 0.002, asv's
 choice) with the bootstrap interval of the ratio excluding 1. Fewer than `min_rounds` rounds a
 side (default 6: the fewest with which p can go below 0.002) is "inconclusive", never a pass or
-a fail. reports/stats.py states the verdict rules.
+a fail. A slowdown the rounds prove but under the threshold is "slower-within-threshold": it
+passes, and the table says so rather than calling it "same". reports/stats.py states the rules.
 
 The JSON must carry the raw rounds (`--benchmark-json PATH` writes them; a `--benchmark-save`
 file needs `--benchmark-save-data`). Each case records its hardware key in extra_info

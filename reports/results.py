@@ -39,6 +39,7 @@ RESULT_COLUMNS = SETTINGS + [
 ] + FINGERPRINT
 CURVE_COLUMNS = ["variant", "seed", "repeat", "epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_s", "eval_s",
                  "train_samples_per_s", "elapsed_s"]
+STEP_COLUMNS = ["variant", "seed", "world_size", "repeat", "epoch", "step", "data_ms", "compute_ms"]  # timed steps
 INFERENCE_COLUMNS = ["variant", "seed", "batch_size", "samples_per_s", "ms_p50", "ms_p90", "ms_p99"]
 LOADER_COLUMNS = ["loader", "form", "batch_size", "workers", "device", "epochs", "samples", "samples_per_s",
                   "batch_ms_p50", "batch_ms_p99", "first_epoch_s", "host_peak_rss_mb", "torch_device_peak_mb",
@@ -52,6 +53,7 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 RESULTS, CURVES, INFERENCE, LOADERS_CSV, ENV = "results.csv", "curves.csv", "inference.csv", "loaders.csv", "env.json"
+STEPS = "steps.csv"
 
 
 def _cell(value):

@@ -116,3 +116,14 @@ def test_confirm_reruns_suspects_interleaved(tmp_path, monkeypatch, capsys, regr
     assert calls == [(baseline_tree, INFER_ADD), (Path.cwd(), INFER_ADD)] * 3
     assert code == (1 if regressed else 0)
     assert "Confirmation: suspect cases rerun" in capsys.readouterr().out
+
+
+def test_significant_slowdown_under_the_threshold_is_slower_within_threshold():
+    """A 5 % slowdown the rounds prove, under the 10 % threshold: named, not "same", and no fail."""
+    rng = np.random.default_rng(0)
+    base = {"case": rng.normal(1.0, 0.01, 30)}
+    row = judge(base, {"case": rng.normal(1.05, 0.01, 30)}).iloc[0]
+    assert row["verdict"] == "slower-within-threshold" and not row["fails"]
+    assert 1 < row["low"] < row["high"] < 1.1
+    assert judge(base, {"case": rng.normal(1.0, 0.01, 30)}).iloc[0]["verdict"] == "same"
+    assert judge(base, {"case": rng.normal(1.2, 0.01, 30)}).iloc[0]["verdict"] == "slower"

@@ -81,7 +81,7 @@ def test_robustness_rows_match_the_trained_accuracy_and_report_rebuilds(tiny_dat
     assert len(table) == len(CONDITIONS) and (tmp_path / "plots" / "robustness.png").exists()
     (tmp_path / "report.md").unlink()
     (tmp_path / "plots" / "robustness.png").unlink()
-    report_command.run(Namespace(run_dir=str(tmp_path)))
+    report_command.run(Namespace(run_dir=[str(tmp_path)], out=None))
     report = (tmp_path / "report.md").read_text()
     assert "## Robustness: accuracy % with one sensor degraded" in report and "lidar_missing" in report
     assert (tmp_path / "plots" / "robustness.png").exists()

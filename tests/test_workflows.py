@@ -27,9 +27,9 @@ def run_lines(workflow: dict) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def commands(pattern: str) -> list[list[str]]:
+def commands(pattern: str, names=("ci.yml", "gpu-benchmarks.yml")) -> list[list[str]]:
     found = []
-    for name in ("ci.yml", "gpu-benchmarks.yml"):
+    for name in names:
         for line in run_lines(load(name)):
             found += [shlex.split(m) for m in re.findall(pattern, line)]
     return found
@@ -54,7 +54,7 @@ def test_gpu_workflow_runs_on_the_gpu_runner_and_keeps_its_results():
     assert "--benchmark-json=bench.json" in script and "GITHUB_STEP_SUMMARY" in script
     upload = [s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
     assert upload and {"runs/", "bench.json"} <= set(upload[0]["with"]["path"].split())
-    called = [call[3] for call in BENCH_CALLS]
+    called = [call[3] for call in commands(r"python -m bench [^;&|]+", ["gpu-benchmarks.yml"])]
     assert called[:2] == ["doctor", "gate"] and "all" in called and "compare" in called
 
 
@@ -72,3 +72,35 @@ def test_every_pytest_path_exists():
         assert paths, f"{' '.join(call)}: runs no test path"
         for path in paths:
             assert (ROOT / path.split("::")[0]).exists(), path
+
+
+def steps_of(job: dict) -> list[str]:
+    return [line.strip() for step in job["steps"] for line in step.get("run", "").replace("\\\n", " ").splitlines()]
+
+
+def test_gpu_workflow_keeps_main_results_in_the_history_and_publishes_the_site():
+    jobs = load("gpu-benchmarks.yml")["jobs"]
+    history, pages = jobs["history"], jobs["pages"]
+    assert history["needs"] == "benchmarks" and "refs/heads/main" in history["if"] and "push" in history["if"]
+    assert history["permissions"]["contents"] == "write" and history["concurrency"]["cancel-in-progress"] is False
+    script = steps_of(history)
+    assert "python -m bench history add runs/ci bench.json --store history/" in script
+    assert "python -m bench history site --store history --out site" in script
+    assert script.index("python -m bench history add runs/ci bench.json --store history/") < \
+        script.index("git push origin benchmark-history") < \
+        script.index("python -m bench history site --store history --out site")
+    download = next(s for s in history["steps"] if s.get("uses", "").startswith("actions/download-artifact"))
+    upload = next(s for s in jobs["benchmarks"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert download["with"]["name"] == upload["with"]["name"]  # the artifact this commit's GPU job uploaded
+    site = next(s for s in history["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert site["with"]["path"] == "site"
+    assert pages["needs"] == "history" and pages["permissions"] == {"pages": "write", "id-token": "write"}
+    assert [s["uses"].split("@")[0] for s in pages["steps"]] == ["actions/deploy-pages"]
+
+
+def test_hosted_ci_builds_the_site_from_the_committed_results():
+    script = run_lines(load("ci.yml"))
+    assert "python -m bench history add $runs --store /tmp/h" in script
+    assert "python -m bench history site --store /tmp/h --out /tmp/site" in script
+    assert script.index(".ci/run") < script.index("python -m bench history site --store /tmp/h --out /tmp/site")
+    assert list(ROOT.glob("results/*/*/env.json")), "no committed run directory for the smoke check"

@@ -1,5 +1,7 @@
 """`bench compare RUN_A RUN_B ...`: runs side by side, as ratios to the first, with verdicts."""
 
+import argparse
+
 from bench.parent.rundir import run_dir_path
 
 
@@ -10,7 +12,21 @@ def add_parser(sub) -> None:
     p.add_argument("--level", type=float, default=0.99, help="bootstrap interval level (default 0.99)")
     p.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U significance (default 0.01)")
     p.add_argument("--margin", type=float, default=0.05, help="equivalence margin for 'same' (default 0.05 = 5%%)")
-    p.add_argument("--min-samples", type=int, default=5, help="per-epoch windows needed a side (default 5)")
+    p.add_argument("--min-samples", type=int, default=5, help="per-epoch windows needed a side (default 5); "
+                   "with fewer, the per-step times decide")
+    p.add_argument("--min-steps", type=int, default=30, help="per-step times needed a side (default 30)")
+    p.add_argument("--price", metavar="KEY=USD_PER_HOUR,...|FILE", type=prices,
+                   help="price per hour of each hardware key (or a CSV/JSON file of them): adds dollars per "
+                   "million training samples and per network trained to the target")
+
+
+def prices(spec: str) -> dict[str, float]:
+    """argparse type for --price: argparse prints the one-line error and exits 2."""
+    from reports.cost import parse_prices
+    try:
+        return parse_prices(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run(args) -> int:
@@ -18,6 +34,6 @@ def run(args) -> int:
     runs = load_runs(args.runs)
     out = run_dir_path(args.out, "compare-")
     for path in write_compare(runs, out, level=args.level, alpha=args.alpha, margin=args.margin,
-                              min_samples=args.min_samples):
+                              min_samples=args.min_samples, min_steps=args.min_steps, prices=args.price):
         print(path)
     return 0

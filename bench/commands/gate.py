@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from reports.gate import judge, load_benchmarks, render, suspects
+    from reports.stats import SLOWER_WITHIN
     current = load_benchmarks(args.current)
     baseline_path = pick_baseline(Path(args.baseline), current["hardware"])
     if baseline_path is None:
@@ -52,6 +53,9 @@ def run(args) -> int:
     failed = list(table.loc[table["fails"], "case"])
     text += f"\n**{'FAIL' if failed else 'PASS'}**: " + (f"confirmed slower: {', '.join(failed)}" if failed else
                                                         "no case is slower beyond the threshold with p < alpha") + "\n"
+    within = list(table.loc[table["verdict"] == SLOWER_WITHIN, "case"])
+    if within:
+        text += f"Slower, but within the {args.threshold:.0%} threshold: {', '.join(within)}\n"
     _say(args, text)
     return 1 if failed else 0
 

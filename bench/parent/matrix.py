@@ -15,8 +15,8 @@ from bench.variants import Variant
 from loaders.dataset import DatasetError
 from reports.markdown import write_report
 from reports.plots import write_plots
-from reports.results import (CURVE_COLUMNS, CURVES, INFERENCE, INFERENCE_COLUMNS, RESULT_COLUMNS, RESULTS, append_rows,
-                             done_runs)
+from reports.results import (CURVE_COLUMNS, CURVES, INFERENCE, INFERENCE_COLUMNS, RESULT_COLUMNS, RESULTS, STEP_COLUMNS,
+                             STEPS, append_rows, done_runs)
 from reports.robustness_report import ROBUSTNESS, ROBUSTNESS_COLUMNS
 
 NVML_FILE = "nvml.csv"
@@ -75,12 +75,18 @@ def summary_line(row: dict, seed: int | None = None) -> str:
 def _write_result(result, run_dir: Path, fingerprint: dict, ctx: RunContext, seed: int | None) -> None:
     append_rows(run_dir / CURVES, result.curves, CURVE_COLUMNS)
     append_rows(run_dir / INFERENCE, result.inference, INFERENCE_COLUMNS)
+    write_steps(run_dir, result.steps)
     if result.robustness:
         append_rows(run_dir / ROBUSTNESS, result.robustness, ROBUSTNESS_COLUMNS)
     append_rows(run_dir / RESULTS, [{**result.row, **fingerprint}], RESULT_COLUMNS)
     tqdm.write(summary_line(result.row, seed))
     if ctx.sampler is not None:
         ctx.sampler.to_csv(run_dir / NVML_FILE)
+
+
+def write_steps(run_dir: Path, steps: list[dict]) -> None:
+    """steps.csv: the worker's per-step times, before the results row (like curves.csv)."""
+    append_rows(run_dir / STEPS, steps, STEP_COLUMNS)
 
 
 def _free_memory(cfg: RunConfig) -> None:

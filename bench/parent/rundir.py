@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports.results import (CURVE_COLUMNS, CURVES, ENV, INFERENCE, INFERENCE_COLUMNS, RESULT_COLUMNS, RESULTS,
-                             append_rows, read_env, read_table, write_env)
+                             STEP_COLUMNS, STEPS, append_rows, read_env, read_table, write_env)
 
 LOCK = "run.lock"
 SETTINGS_KEY = "settings"
@@ -121,7 +121,7 @@ def drop_unfinished_rows(run_dir: Path) -> None:
     """Removes curve and inference rows of variants without a results row (a run stopped between
     writing them and its result row), so the resumed re-run does not add a second copy."""
     results = read_table(run_dir / RESULTS)
-    for name, columns in ((CURVES, CURVE_COLUMNS), (INFERENCE, INFERENCE_COLUMNS)):
+    for name, columns in ((CURVES, CURVE_COLUMNS), (INFERENCE, INFERENCE_COLUMNS), (STEPS, STEP_COLUMNS)):
         table = read_table(run_dir / name, key=None)
         if table.empty:
             continue

@@ -38,6 +38,7 @@ class VariantResult:
     curves: list[dict]
     inference: list[dict]
     robustness: list[dict] = field(default_factory=list)  # a row per bench.worker.robustness condition
+    steps: list[dict] = field(default_factory=list)  # a row per timed step (steps.csv), for verdicts on short runs
 
 
 @dataclass
@@ -52,6 +53,7 @@ class TrainingRun:
     data_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     compute_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     epoch_sps: list[float] = field(default_factory=list)  # steady samples/s of each epoch
+    epoch_steps: list[int] = field(default_factory=list)  # steps of each epoch, in order
     steps: int = 0
     timed_frames: int = 0  # Dynamo frames compiled during the timed steps: recompilations
     time_to_target: float = math.nan
@@ -184,6 +186,7 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
         epochs.set_postfix(acc=f"{accuracy:.1f}", loss=f"{val_loss:.4f}")
     run.t_end = time.perf_counter()
     run.data_ms, run.compute_ms = np.concatenate(data_ms), np.concatenate(compute_ms)
+    run.epoch_steps = [len(d) for d in data_ms]
     return run
 
 
@@ -271,7 +274,21 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     row = summarise(variant, cfg, runs, inference, dynamo, reference_sps)
     row.update(peak)
     row.update(_nvml_columns(last, cfg, ctx))
-    return VariantResult(row, [c for r in runs for c in r.curves], inference, robustness)
+    return VariantResult(row, [c for r in runs for c in r.curves], inference, robustness,
+                         step_rows(variant, cfg, runs))
+
+
+def step_rows(variant: Variant, cfg: RunConfig, runs: list[TrainingRun]) -> list[dict]:
+    """The timed steps (past the warm-up) of every repeat, in run order: per-step times keep the
+    autocorrelation a verdict on a short run must respect (reports/stats.py compare_series)."""
+    rows = []
+    for repeat, run in enumerate(runs):
+        epochs = np.repeat(np.arange(len(run.epoch_steps)), run.epoch_steps)
+        for step in range(cfg.warmup_steps, len(run.data_ms)):
+            rows.append({"variant": variant.name, "seed": cfg.seed, "world_size": cfg.world_size, "repeat": repeat,
+                         "epoch": int(epochs[step]), "step": step, "data_ms": float(run.data_ms[step]),
+                         "compute_ms": float(run.compute_ms[step])})
+    return rows
 
 
 def _robustness(run: TrainingRun, variant: Variant, cfg: RunConfig) -> list[dict]:
