@@ -50,11 +50,12 @@ def _when(records: pd.DataFrame) -> pd.Series:
 def points(records: pd.DataFrame) -> pd.DataFrame:
     """One row per series and commit, in commit order: value (median of the commit's records),
     low/high (the range of its samples), the records' count, env id, time and report link."""
-    records = records.assign(when=_when(records),
-                             point=np.where(records["commit"].astype(str) != "", records["commit"], "?" + records["source"]))
+    known = records["commit"].astype(str) != ""
+    records = records.assign(when=_when(records), point=np.where(known, records["commit"], "?" + records["source"]))
     rows = []
     for (hardware, case, metric, point), group in records.groupby(SERIES + ["point"], sort=False):
-        samples = [s for _, r in group.iterrows() for s in (r["samples"] if isinstance(r["samples"], list) else [r["value"]])]
+        samples = [s for samples, value in zip(group["samples"], group["value"])
+                   for s in (samples if isinstance(samples, list) else [value])]
         last = group.sort_values("when").iloc[-1]
         rows.append({"hardware": hardware, "case": case, "metric": metric, "point": point, "commit": last["commit"],
                      "label": str(last["commit"])[:SHORT] or "unknown", "when": group["when"].min(),
@@ -147,12 +148,18 @@ def find_changes(records: pd.DataFrame, envs: dict, **rules) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def number(value: float) -> str:
+    """Readable at any size: 21,710 / 4.615 / 0.004509."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
 def explain(change: dict) -> str:
     """One sentence for a change: what moved, by how much, between which commits, and what differs."""
     label = LABELS.get(change["metric"], change["metric"])
     text = (f"{label} {change['direction']}: x{change['ratio']:.3f} ({LEVEL:.0%} {change['low']:.3f}-"
-            f"{change['high']:.3f}), median {change['before_median']:.4g} -> {change['after_median']:.4g}, between "
-            f"{str(change['before_commit'])[:SHORT] or 'unknown'} and {str(change['after_commit'])[:SHORT] or 'unknown'}")
+            f"{change['high']:.3f}), median {number(change['before_median'])} -> {number(change['after_median'])}, "
+            f"between {str(change['before_commit'])[:SHORT] or 'unknown'} and "
+            f"{str(change['after_commit'])[:SHORT] or 'unknown'}")
     return text + (f"; differs: {change['env_differs']}" if change["env_differs"] else "; environment unchanged")
 
 
@@ -165,7 +172,7 @@ def render(changes: pd.DataFrame) -> str:
                         zip(shown.pop("before_commit"), shown.pop("after_commit"))]
     shown["interval"] = [f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(shown.pop("low"), shown.pop("high"))]
     for column in ("before_median", "after_median"):
-        shown[column] = shown[column].map(lambda v: f"{v:.4g}")
+        shown[column] = shown[column].map(number)
     shown["ratio"] = shown["ratio"].map(lambda v: f"{v:.3f}")
     order = ["hardware", "case", "metric", "commits", "before_median", "after_median", "ratio", "interval",
              "direction", "commits_before", "commits_after", "env_differs"]

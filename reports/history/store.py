@@ -196,6 +196,7 @@ def add(store: str | Path, paths: list, resolve=None) -> dict[str, int]:
     added_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     envs = {row["id"]: row for row in _read_jsonl(store / ENVS)}
     by_file: dict[Path, list[dict]] = {}
+    keys: dict[Path, set[str]] = {}
     counts = {}
     for path, env, records in inputs:
         env_id = _hash(env)
@@ -205,9 +206,12 @@ def add(store: str | Path, paths: list, resolve=None) -> dict[str, int]:
             target = _store_file(store, record["hardware"])
             if target not in by_file:
                 by_file[target] = _read_jsonl(target)
-            if any(row["key"] == record["key"] for row in by_file[target]):
+                keys[target] = {row["key"] for row in by_file[target]}
+            if record["key"] in keys[target]:
                 continue
-            by_file[target].append({**record, "env": env_id, "added": added_at, "source": _relative(record["source"], store),
+            keys[target].add(record["key"])
+            by_file[target].append({**record, "env": env_id, "added": added_at,
+                                    "source": _relative(record["source"], store),
                                     "report": _relative(record["report"], store)})
             counts[path] += 1
     if sum(counts.values()):
