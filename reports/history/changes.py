@@ -58,7 +58,8 @@ def points(records: pd.DataFrame) -> pd.DataFrame:
                    for s in (samples if isinstance(samples, list) else [value])]
         last = group.sort_values("when").iloc[-1]
         rows.append({"hardware": hardware, "case": case, "metric": metric, "point": point, "commit": last["commit"],
-                     "label": str(last["commit"])[:SHORT] or "unknown", "when": group["when"].min(),
+                     "label": str(last["commit"])[:SHORT] or f"? {last['source'].rstrip('/').split('/')[-1]}",
+                     "when": group["when"].min(),
                      "value": float(np.median(group["value"])), "low": min(samples), "high": max(samples),
                      "records": len(group), "samples": len(samples), "env": last["env"],
                      "time": last.get("time"), "report": last["report"]})

@@ -45,20 +45,18 @@ def timeline_page(hardware: str, metric: str) -> str:
 
 
 def leaderboard(table: pd.DataFrame, prices: dict[str, float]) -> pd.DataFrame:
-    """Each hardware's latest commit with run results: a row per case with speed, energy and cost."""
+    """A row per hardware and case at its latest commit: speed, energy and cost."""
     board = table[table["metric"].isin(BOARD_METRICS)]
     rows = []
-    for hardware, own in board.groupby("hardware", sort=True):
-        latest = own.loc[own["when"].idxmax(), "point"]
-        at = own[own["point"] == latest]
-        for case, metrics in at.groupby("case", sort=False):
-            value = dict(zip(metrics["metric"], metrics["value"]))
-            row = {"hardware": hardware, "commit": metrics["label"].iloc[0], "case": case,
-                   **{m: value.get(m, np.nan) for m in BOARD_METRICS}}
-            row["j_per_sample"] = 1 / row["samples_per_j"] if row["samples_per_j"] > 0 else np.nan
-            row["usd_per_hour"] = prices.get(hardware, np.nan)
-            row.update(cost_columns(row["train_samples_per_s"], row["time_to_target_s"], row["usd_per_hour"]))
-            rows.append(row)
+    for (hardware, case), own in board.groupby(["hardware", "case"], sort=True):
+        latest = own[own["point"] == own.sort_values("when", kind="stable")["point"].iloc[-1]]
+        value = dict(zip(latest["metric"], latest["value"]))
+        row = {"hardware": hardware, "commit": latest["label"].iloc[0], "case": case,
+               **{m: value.get(m, np.nan) for m in BOARD_METRICS}}
+        row["j_per_sample"] = 1 / row["samples_per_j"] if row["samples_per_j"] > 0 else np.nan
+        row["usd_per_hour"] = prices.get(hardware, np.nan)
+        row.update(cost_columns(row["train_samples_per_s"], row["time_to_target_s"], row["usd_per_hour"]))
+        rows.append(row)
     columns = ["hardware", "commit", "case", *BOARD_METRICS, "j_per_sample", "usd_per_hour", "usd_per_million_samples",
                "usd_per_trained_network"]
     return pd.DataFrame(rows, columns=columns).sort_values("train_samples_per_s", ascending=False, kind="stable",
@@ -68,7 +66,8 @@ def leaderboard(table: pd.DataFrame, prices: dict[str, float]) -> pd.DataFrame:
 def runs_table(records: pd.DataFrame) -> pd.DataFrame:
     """One row per source added: hardware, commit, run time and the report's path (store-relative)."""
     runs = records.drop_duplicates("source")[["hardware", "commit", "time", "source", "report"]]
-    return runs.assign(commit=runs["commit"].astype(str).str[:SHORT]).reset_index(drop=True)
+    return runs.assign(commit=runs["commit"].astype(str).str[:SHORT].replace("", "not recorded"),
+                       time=runs["time"].fillna("not recorded")).reset_index(drop=True)
 
 
 def site_data(store: str | Path, prices: dict[str, float] | None = None) -> dict:
@@ -102,7 +101,7 @@ def _table(frame: pd.DataFrame, links: dict[str, pd.Series] | None = None, heade
 
 
 def _chart(fig: go.Figure, div_id: str) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False},
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displayModeBar": False},
                        default_height=f"{fig.layout.height}px")
 
 
@@ -111,7 +110,8 @@ def board_chart(board: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for hardware, rows in board.dropna(subset=["train_samples_per_s"]).groupby("hardware", sort=True):
         fig.add_bar(y=rows["case"], x=rows["train_samples_per_s"], name=hardware, orientation="h")
-    cases = board["case"].nunique()
+    cases, speeds = board["case"].nunique(), board["train_samples_per_s"].dropna()
+    fig.update_xaxes(type="log" if speeds.max() > 30 * speeds.min() else "linear")  # CPU beside GPU stays visible
     fig.update_layout(barmode="group", height=160 + 22 * cases * max(1, board["hardware"].nunique()),
                       xaxis_title="train samples/s", yaxis={"automargin": True, "autorange": "reversed"},
                       legend_title="hardware", margin={"t": 30})
@@ -131,7 +131,10 @@ def timeline_chart(series: pd.DataFrame, changes: pd.DataFrame, envs: dict) -> g
         go.Scatter(x=x, y=series["low"], mode="lines", line={"width": 0}, fill="tonexty",
                    fillcolor="rgba(31,119,180,0.2)", hoverinfo="skip", name="samples min-max"),
         go.Scatter(x=x, y=series["value"], mode="lines+markers", name="median", text=hover,
-                   hovertemplate="%{text}<extra></extra>", line={"color": "#1f77b4"})])
+                   hovertemplate="%{text}<extra></extra>", line={"color": "#1f77b4"},
+                   error_y=None if len(x) > 1 else {"type": "data", "symmetric": False,  # a band needs two points
+                                                    "array": series["high"] - series["value"],
+                                                    "arrayminus": series["value"] - series["low"]})])
     for _, change in changes.iterrows():
         colour = "#2ca02c" if change["direction"] == "improvement" else "#d62728"
         fig.add_vline(x=change["index"] - 0.5, line={"dash": "dash", "color": colour})
@@ -169,6 +172,11 @@ def _links(frame: pd.DataFrame, store: Path, out: Path) -> pd.Series:
     return frame["report"].map(lambda p: os.path.relpath((store / p).resolve(), out.resolve()))
 
 
+def _short(path: str) -> str:
+    """The last three parts of a path: enough to tell runs apart, short enough for a table."""
+    return "/".join(Path(path).parts[-3:])
+
+
 def write_site(store: str | Path, out: str | Path, prices: dict[str, float] | None = None) -> Path:
     """Writes the site into `out`; returns index.html's path."""
     store, out = Path(store), Path(out)
@@ -184,7 +192,7 @@ def write_site(store: str | Path, out: str | Path, prices: dict[str, float] | No
                       "commits": series["point"].nunique(), "changes": len(own),
                       "page": timeline_page(hardware, metric)})
     pages = pd.DataFrame(pages)
-    board = data["leaderboard"]
+    board, runs = data["leaderboard"], data["runs"]
     shown_changes = changes.assign(explanation=[explain(c) for _, c in changes.iterrows()],
                                    page=[timeline_page(h, m) for h, m in zip(changes["hardware"], changes["metric"])])
     body = ["<h1>fusionbench history</h1>",
@@ -192,7 +200,7 @@ def write_site(store: str | Path, out: str | Path, prices: dict[str, float] | No
             f"{table['point'].nunique()} commits, {len(changes)} change points. <a href='#leaderboard'>Leaderboard</a> "
             "&middot; <a href='#changes'>Change points</a> &middot; <a href='#timelines'>Timelines</a> &middot; "
             "<a href='#runs'>Runs</a></p>",
-            "<h2 id='leaderboard'>Leaderboard at each hardware's latest commit</h2>",
+            "<h2 id='leaderboard'>Leaderboard: each case at its latest commit on each hardware</h2>",
             _chart(board_chart(board), "leaderboard-chart") if board["train_samples_per_s"].notna().any() else "",
             "<p>Cost from the prices given (--price, USD per hour): dollars per million training samples and "
             "per network trained to the target accuracy; n/a where the price, the energy or the target was not "
@@ -201,8 +209,8 @@ def write_site(store: str | Path, out: str | Path, prices: dict[str, float] | No
             _table(shown_changes[SERIES + ["explanation", "page"]], {"page": shown_changes["page"]})
             if len(changes) else "<p>No change point: no series stepped beyond its noise.</p>",
             "<h2 id='timelines'>Timelines</h2>", _table(pages, {"page": pages["page"]}),
-            "<h2 id='runs'>Runs</h2>", _table(data["runs"].drop(columns="source"),
-                                             {"report": _links(data["runs"], store, out)})]
+            "<h2 id='runs'>Runs</h2>", _table(runs.assign(report=runs["report"].map(_short)).drop(columns="source"),
+                                             {"report": _links(runs, store, out)})]
     index = out / "index.html"
     index.write_text(_page("fusionbench history", "\n".join(body)))
     return index
