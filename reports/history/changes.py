@@ -31,7 +31,7 @@ import ruptures
 from reports.history.store import HIGHER_IS_BETTER, LABELS
 from reports.stats import compare_samples
 
-PENALTY, MIN_SIZE, ALPHA, LEVEL = 5.0, 4, 0.01, 0.95
+PENALTY, MIN_SIZE, ALPHA, LEVEL = 5.0, 5, 0.01, 0.95  # 5 a side: the fewest where p < 0.01 is possible
 SERIES = ["hardware", "case", "metric"]
 # what changes with every run without changing speed: ids, clocks of the run, measured overheads
 VOLATILE = ("settings.code", "commit_info.id", "commit_info.time", "commit_info.author_time", "commit_info.dirty",
