@@ -168,3 +168,23 @@ def test_changes_cli_finds_a_torch_upgrade_step_and_names_it(tmp_path, capsys):
     assert change["direction"] == "regression" and change["low"] < change["ratio"] < change["high"] < 1
     assert "torch: 2.9.0 -> 2.10.0" in change["env_differs"]
     assert f"{commit_id(7)[:7]}..{commit_id(8)[:7]}" in printed
+
+
+def test_a_failed_add_leaves_an_existing_store_as_it_was(tmp_path):
+    store = tmp_path / "history"
+    add(store, [CPU_QUICK])
+    before = {p.name: p.read_bytes() for p in store.iterdir()}
+    (tmp_path / "bad.json").write_text("not json")
+    with pytest.raises(HistoryError, match="bad.json"):
+        add(store, [H200_ADD, tmp_path / "bad.json"])
+    assert {p.name: p.read_bytes() for p in store.iterdir()} == before
+
+
+def test_a_corrupt_store_line_is_named(tmp_path, capsys):
+    store = tmp_path / "history"
+    add(store, [CPU_QUICK])
+    path = next(store.glob("results-*.jsonl"))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + ["{torn"]) + "\n")
+    assert main(["history", "changes", "--store", str(store)]) == 2
+    assert f"{path} line {len(lines) + 1}: not a JSON record" in capsys.readouterr().err
