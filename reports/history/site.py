@@ -121,8 +121,7 @@ def board_chart(board: pd.DataFrame) -> go.Figure:
 def timeline_chart(series: pd.DataFrame, changes: pd.DataFrame, envs: dict) -> go.Figure:
     """One case's values over commits with the band of their samples and its changes marked."""
     x = list(range(len(series)))
-    torch = [str(envs.get(e, {}).get("torch", envs.get(e, {}).get("machine_info", {}).get("python_version", "")))
-             for e in series["env"]]
+    torch = [str(envs.get(e, {}).get("torch") or "not recorded") for e in series["env"]]
     hover = [f"commit {lab}<br>value {v:.4g} ({n} samples)<br>range {lo:.4g}-{hi:.4g}<br>torch {t}"
              for lab, v, n, lo, hi, t in zip(series["label"], series["value"], series["samples"], series["low"],
                                              series["high"], torch)]
