@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from bench.commands import all as all_command
-from bench.commands import compare, data, doctor, gate, kernels, loaders, prepare, report, split
+from bench.commands import compare, data, doctor, gate, history, kernels, loaders, prepare, report, split
 from bench.commands import list as list_command
 from loaders.dataset import DatasetError
 
@@ -20,6 +20,7 @@ COMMANDS = {
     "doctor": doctor,
     "compare": compare,
     "gate": gate,
+    "history": history,
     "kernels": kernels,
 }
 
