@@ -21,13 +21,13 @@ Each change names the environment fields whose usual value differs either side (
 env.json, nested ones dotted, so fields added to env.json later show up without a change here).
 """
 
-import json
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 import ruptures
 
+from reports.compare import flat_env
 from reports.history.store import HIGHER_IS_BETTER, LABELS
 from reports.stats import compare_samples
 
@@ -85,22 +85,10 @@ def change_indices(values, penalty: float = PENALTY, min_size: int = MIN_SIZE) -
     return ruptures.Pelt(model="l2", min_size=min_size, jump=1).fit(signal).predict(pen=penalty * np.log(n))[:-1]
 
 
-def flatten(env: dict, prefix: str = "") -> dict:
-    """Nested env dict -> {"a.b": value}; lists as JSON text."""
-    flat = {}
-    for key, value in env.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value) if isinstance(value, list) else value
-    return flat
-
-
 def env_differences(before: list[dict], after: list[dict]) -> list[str]:
     """"field: usual value before -> usual value after" for every field whose most common value
     differs either side of a change (volatile run identifiers left out)."""
-    before, after = [flatten(e) for e in before], [flatten(e) for e in after]
+    before, after = [flat_env(e) for e in before], [flat_env(e) for e in after]
     keys = dict.fromkeys(k for env in before + after for k in env)
     lines = []
     for key in keys:
