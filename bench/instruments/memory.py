@@ -31,6 +31,7 @@ def host_peak_mb() -> float | None:
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()  # else the peak reserved starts at the blocks earlier variants left
         torch.cuda.reset_peak_memory_stats(device)
     else:
         reset_host_peak()
