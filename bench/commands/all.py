@@ -54,6 +54,9 @@ def run(args) -> int:
     if args.scaling and (args.nproc or 0) < 2:
         raise SystemExit("error: --scaling needs --nproc N with N >= 2 (it compares N processes with one)")
     isolate = isolated(args, job)
+    if args.variant_timeout is not None and not (isolate and args.variant_timeout > 0):
+        raise ValueError(f"--variant-timeout {args.variant_timeout:g}: expected seconds above 0, and isolation "
+                         "(--isolate): a variant in this process cannot be stopped")
     if args.nproc and not job.enabled:  # not under torchrun yet: start it
         return _launch_isolated(args) if isolate else _launch(args)
     try:
@@ -79,8 +82,6 @@ def isolated(args, job) -> bool:
 
 def _isolation(args, nproc: int):
     from bench.parent.launcher import Isolation
-    if args.variant_timeout is not None and not args.variant_timeout > 0:
-        raise ValueError(f"--variant-timeout {args.variant_timeout:g}: expected a number of seconds above 0")
     return Isolation(timeout_s=args.variant_timeout, nproc=nproc)
 
 
@@ -160,8 +161,6 @@ def _run(args, job, isolation=None) -> int:
     variants = matrix(args, profile_name, amp_dtype)
     if args.kernels:
         announce_kernels(args.kernels, device)
-    if args.variant_timeout is not None and isolation is None:
-        raise ValueError("--variant-timeout needs isolation (--isolate): a variant in this process cannot be stopped")
     run_dir = run_dir_path(args.resume or args.out)
     root, split, split_path = _data(args, run_dir, rank0)
     cfg = _config(args, job, device, profile_name, root, split)
