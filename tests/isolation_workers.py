@@ -77,3 +77,17 @@ def fake_row(variant, cfg) -> dict:
             "epochs": 1, "train_samples": len(cfg.train_ids), "val_samples": len(cfg.val_ids), "loader_form": "resident",
             "params": 1, "val_loss": 0.5, "accuracy": 75.0, "sec_per_epoch": 1.0, "train_samples_per_s": 10.0,
             "target_acc": 99.0, "peak_mem_kind": "process_peak_rss", "peak_mem_mb": 1.0}
+
+
+def import_measurement_path() -> int:
+    """What every measuring worker imports first (tests/isolation_cost.py)."""
+    import bench.worker.runner  # noqa: F401
+    return 0
+
+
+def map_split(folder: str) -> float:
+    """The imports, then the parent's decoded splits mapped and every page read, as a resident
+    loader reads them (tests/isolation_cost.py)."""
+    import bench.worker.runner  # noqa: F401
+    from loaders.resident import load_decoded
+    return sum(float(t.sum()) for split in ("train", "val") for t in load_decoded(Path(folder) / split).values())
