@@ -1,10 +1,13 @@
-"""What isolation adds per variant on this machine: `python tests/isolation_cost.py [ROUNDS]`.
+"""What isolation adds per variant on this machine: `python tests/isolation_cost.py [ROUNDS]`;
+`python tests/isolation_cost.py compile`: whether Inductor's disk cache serves a fresh worker.
 
 A worker costs what the in-process path does not pay: starting Python, importing torch and the
 measurement path, mapping the split the parent decoded (the quick profile's 1,024 + 160 samples,
 every page read) and handing back a result. Each is the median over ROUNDS fresh workers
-(bench.parent.launcher.run_in_worker, as the matrix starts them), with `isolation_workers.py`'s
-targets. Compiled graphs come from Inductor's on-disk cache; see README for that figure.
+(bench.parent.launcher.run_in_worker), with `isolation_workers.py`'s targets. Last, what a
+variant waits for when, as in the matrix, its worker was started ahead (Workers): the spare has
+imported everything, so it maps the split and hands back. Compiled graphs come from Inductor's
+on-disk cache; see README for that figure.
 """
 
 import statistics
@@ -13,14 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 
 import os  # noqa: E402
 
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [sys.path[0], os.environ.get("PYTHONPATH")]))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))  # for workers
 
-from bench.parent.launcher import run_in_worker  # noqa: E402
+from bench.parent.launcher import Workers, run_in_worker  # noqa: E402
 from loaders.dataset import decode_split, discover_ids  # noqa: E402
 from loaders.generate import generate_dataset  # noqa: E402
 from loaders.resident import save_decoded  # noqa: E402
@@ -45,9 +48,24 @@ def main(rounds: int = 5) -> None:
         bare = median_s("isolation_workers:double", 1, rounds=rounds)
         imports = median_s("isolation_workers:import_measurement_path", rounds=rounds)
         mapped = median_s("isolation_workers:map_split", str(Path(folder) / "decoded"), rounds=rounds)
+        ahead = []
+        with Workers(jobs=rounds + 1) as workers:
+            for _ in range(rounds):
+                time.sleep(2 * imports)  # a variant's training, while the next worker imports
+                start = time.perf_counter()
+                workers.run("isolation_workers:map_split", str(Path(folder) / "decoded"))
+                ahead.append(time.perf_counter() - start)
     print(f"per worker, median of {rounds}: start {bare:.2f} s; + torch and bench.worker.runner imported "
-          f"{imports:.2f} s; + the quick split mapped and read {mapped:.2f} s")
+          f"{imports:.2f} s; + the quick split mapped and read {mapped:.2f} s; started ahead, what a variant "
+          f"waits for: {statistics.median(ahead):.2f} s")
+
+
+def compile_twice() -> None:
+    """One compiled training step of `add` in two fresh workers sharing an empty Inductor cache."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+    for worker in ("first", "second"):
+        print(worker, "fresh worker:", run_in_worker("isolation_workers:compile_step", "add"), flush=True)
 
 
 if __name__ == "__main__":
-    main(*map(int, sys.argv[1:]))
+    compile_twice() if sys.argv[1:] == ["compile"] else main(*map(int, sys.argv[1:]))

@@ -91,3 +91,18 @@ def map_split(folder: str) -> float:
     import bench.worker.runner  # noqa: F401
     from loaders.resident import load_decoded
     return sum(float(t.sum()) for split in ("train", "val") for t in load_decoded(Path(folder) / split).values())
+
+
+def compile_step(arch: str) -> dict:
+    """One compiled training step of a fusion network: its seconds and Inductor's FX graph cache
+    hits and misses (README: compiled graphs served across workers from the disk cache)."""
+    import torch
+    from models import build_model
+    model = build_model(arch)
+    compiled = torch.compile(model)
+    rgb, lidar = torch.rand(2, 4, 64, 64), torch.rand(2, 4, 64, 64)
+    start = time.perf_counter()
+    compiled(rgb, lidar).sum().backward()
+    counters = torch._dynamo.utils.counters["inductor"]
+    return {"seconds": time.perf_counter() - start, "hits": counters["fxgraph_cache_hit"],
+            "misses": counters["fxgraph_cache_miss"]}

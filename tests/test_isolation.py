@@ -19,7 +19,7 @@ import torch
 
 import isolation_workers
 from bench.instruments import memory
-from bench.parent.launcher import Isolation, WorkerDied, run_in_worker
+from bench.parent.launcher import Isolation, WorkerDied, Workers, run_in_worker
 from bench.parent.matrix import run_matrix
 from bench.variants import Variant
 from conftest import tiny_config
@@ -79,6 +79,18 @@ def test_ctrl_c_in_the_parent_ends_the_worker(tmp_path):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert_ended(tmp_path / "pid")
+
+
+def test_each_job_gets_its_own_process_started_ahead():
+    with Workers(jobs=2, preload="json") as workers:  # the matrix preloads bench.worker.runner
+        pids = [workers.run("os:getpid"), workers.run("os:getpid")]
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+
+
+def test_a_spare_that_died_while_it_waited_is_named():
+    with Workers(jobs=1, preload="no_such_module") as workers:
+        with pytest.raises(WorkerDied, match=r"exited with code 1 .*No module named 'no_such_module'"):
+            workers.run("os:getpid")
 
 
 def test_a_workers_perf_counter_is_the_parents_clock():

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from bench.config import RunConfig, RunContext
 from bench.distributed import broadcast_from_rank0, is_rank0
-from bench.parent.launcher import Isolation, run_in_worker
+from bench.parent.launcher import Isolation, Workers
 from bench.worker.runner import VariantResult, failed_row, measure, reference_key
 from bench.variants import Variant
 from loaders.dataset import DatasetError
@@ -42,10 +42,11 @@ def run_matrix(variants: list[Variant], cfg: RunConfig, run_dir: Path, fingerpri
         print(f"--resume: {len(seeds) * len(variants) - len(todo)} (variant, seed) runs already done in {run_dir}, "
               f"{len(todo)} to run")
     try:
-        decoded = _decoded_splits(cfg, ctx) if isolation and any(v.loader == "resident" for _, v in todo) \
-            else contextlib.nullcontext()
-        with decoded:
-            return _run_all(todo, cfg, run_dir, fingerprint, ctx, isolation, len(seeds) > 1, writer)
+        with contextlib.ExitStack() as stack:
+            workers = stack.enter_context(Workers(len(todo) if isolation.nproc == 1 else 0)) if isolation else None
+            if isolation and any(v.loader == "resident" for _, v in todo):
+                stack.enter_context(_decoded_splits(cfg, ctx))
+            return _run_all(todo, cfg, run_dir, fingerprint, ctx, (isolation, workers), len(seeds) > 1, writer)
     finally:
         if writer:
             if ctx.sampler is not None:
@@ -55,14 +56,14 @@ def run_matrix(variants: list[Variant], cfg: RunConfig, run_dir: Path, fingerpri
 
 
 def _run_all(todo: list, cfg: RunConfig, run_dir: Path, fingerprint: dict, ctx: RunContext,
-             isolation: Isolation | None, several_seeds: bool, writer: bool) -> int:
+             isolated: tuple[Isolation | None, Workers | None], several_seeds: bool, writer: bool) -> int:
     """Each (seed, variant) in turn; a failure is recorded and the next one runs."""
     failures = 0
     for seed, variant in tqdm(todo, desc="variants", unit="variant", disable=not (cfg.progress and writer)):
         seed_cfg = replace(cfg, seed=seed)
         run_keys = {"seed": seed, "world_size": cfg.world_size}
         try:
-            result = _measure(variant, seed_cfg, ctx, isolation)
+            result = _measure(variant, seed_cfg, ctx, *isolated)
         except (Exception, torch.OutOfMemoryError) as error:  # one broken variant must not end the run
             failures += 1
             if writer:
@@ -78,15 +79,16 @@ def _run_all(todo: list, cfg: RunConfig, run_dir: Path, fingerprint: dict, ctx: 
     return failures
 
 
-def _measure(variant: Variant, cfg: RunConfig, ctx: RunContext, isolation: Isolation | None) -> VariantResult:
+def _measure(variant: Variant, cfg: RunConfig, ctx: RunContext, isolation: Isolation | None,
+             workers: Workers | None) -> VariantResult:
     """The variant measured in a fresh worker (with `isolation`) or here, its NVML columns cut
     from this process's timeline at the phase windows it handed back."""
     if isolation is None:
         result = measure(variant, cfg, ctx)
     else:
         worker_ctx = RunContext(reference_cache=dict(ctx.reference_cache), decoded_dir=ctx.decoded_dir)
-        result = run_in_worker(isolation.target, variant, cfg, worker_ctx, timeout_s=isolation.timeout_s,
-                               nproc=isolation.nproc)
+        result = workers.run(isolation.target, variant, cfg, worker_ctx, timeout_s=isolation.timeout_s,
+                             nproc=isolation.nproc)
         if math.isfinite(result.row.get("reference_samples_per_s", math.nan)):  # later workers reuse it
             ctx.reference_cache.setdefault(reference_key(variant), result.row["reference_samples_per_s"])
     if ctx.sampler is not None and result.phases is not None:

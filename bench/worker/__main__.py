@@ -1,12 +1,14 @@
-"""`python -m bench.worker SPEC RESULT`: run one job of the parent in this fresh process.
+"""`python -m bench.worker SPEC RESULT [PRELOAD]`: run one job of the parent in this fresh process.
 
 SPEC is a pickle of {"target": "module:function", "args": [...]} written by
 bench.parent.launcher; the function's return value is pickled to RESULT, or, when it raises,
 the exception to RESULT.error.RANK (the parent re-raises it, so a failed variant reads the same
 as in one process). Started by torchrun (WORLD_SIZE > 1), the process joins the group first and
 only rank 0 writes RESULT; a rank that raises exits 1, so torchrun's agent ends the other ranks
-at once instead of leaving them in a collective until its timeout. Nothing is imported before
-the target asks for it, so a target that needs no torch starts in milliseconds.
+at once instead of leaving them in a collective until its timeout. With PRELOAD (a module) the
+worker is a spare: it imports that module, then waits for a line on stdin, which the parent sends
+once SPEC is written (end of input: the parent no longer needs it). Without it nothing is imported
+before the target asks for it, so a target that needs no torch starts in milliseconds.
 """
 
 import importlib
@@ -77,6 +79,10 @@ def main(spec_path: str, result_path: str) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m bench.worker SPEC RESULT (started by bench.parent.launcher)")
+    if len(sys.argv) not in (3, 4):
+        raise SystemExit("usage: python -m bench.worker SPEC RESULT [PRELOAD] (started by bench.parent.launcher)")
+    if len(sys.argv) == 4:
+        importlib.import_module(sys.argv[3])
+        if not sys.stdin.readline():
+            sys.exit(0)
     sys.exit(main(sys.argv[1], sys.argv[2]))
