@@ -43,7 +43,7 @@ def run_matrix(variants: list[Variant], cfg: RunConfig, run_dir: Path, fingerpri
               f"{len(todo)} to run")
     try:
         with contextlib.ExitStack() as stack:
-            workers = stack.enter_context(Workers(len(todo) if isolation.nproc == 1 else 0)) if isolation else None
+            workers = stack.enter_context(Workers(_ahead(todo, cfg, isolation))) if isolation else None
             if isolation and any(v.loader == "resident" for _, v in todo):
                 stack.enter_context(_decoded_splits(cfg, ctx))
             return _run_all(todo, cfg, run_dir, fingerprint, ctx, (isolation, workers), len(seeds) > 1, writer)
@@ -77,6 +77,13 @@ def _run_all(todo: list, cfg: RunConfig, run_dir: Path, fingerprint: dict, ctx: 
         if writer:
             _write_result(result, run_dir, fingerprint, ctx, seed if several_seeds else None)
     return failures
+
+
+def _ahead(todo: list, cfg: RunConfig, isolation: Isolation) -> int:
+    """How many workers to start ahead of their variant: on a GPU host each one-process job's, its
+    imports on a core the running variant does not use; none on the CPU, where they would share
+    the cores of the variant being timed, nor for torchrun groups."""
+    return len(todo) if isolation.nproc == 1 and cfg.device.type == "cuda" else 0
 
 
 def _measure(variant: Variant, cfg: RunConfig, ctx: RunContext, isolation: Isolation | None,
