@@ -32,9 +32,11 @@ class RunConfig:
 @dataclass
 class RunContext:
     """State shared by the variants of one run: the NVML sampler, decoded splits and the
-    reference loop's samples/s per model setting."""
+    reference loop's samples/s per model setting. A worker gets a copy without the sampler, and
+    `decoded_dir` where the parent saved the decoded splits for it to map (loaders.resident)."""
     sampler: object = None  # bench.instruments.nvml.NvmlSampler while NVML works, else None
     nvml_reason: str = ""  # why NVML columns are empty
     idle_power_w: float | None = None
     loader_cache: dict = field(default_factory=dict)
     reference_cache: dict = field(default_factory=dict)
+    decoded_dir: str | None = None

@@ -6,6 +6,9 @@ per tensor. That costs 2 x 64 KB per 64x64 sample of device memory (~630 MB for 
 train split) and nothing per sample runs on the host.
 """
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from loaders.dataset import decode_split, depth_to_xyza, rgba_to_float
@@ -25,6 +28,20 @@ def model_inputs(tensors: dict, device, chunk: int = 1024) -> tuple[torch.Tensor
     if not rgb:
         return torch.empty(0, 4, 0, 0, device=device), torch.empty(0, 4, 0, 0, device=device), label
     return torch.cat(rgb), torch.cat(lidar), label
+
+
+def save_decoded(tensors: dict, folder: Path) -> Path:
+    """A decoded split (decode_split's dict) as one .npy per tensor, for load_decoded to map."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, tensor in tensors.items():
+        np.save(folder / f"{name}.npy", tensor.numpy())
+    return folder
+
+
+def load_decoded(folder: Path) -> dict:
+    """The split save_decoded wrote, memory-mapped copy-on-write: every process that maps it
+    shares the page cache's one copy, and none decodes the PNGs again."""
+    return {path.stem: torch.from_numpy(np.load(path, mmap_mode="c")) for path in sorted(Path(folder).glob("*.npy"))}
 
 
 class ResidentLoader:

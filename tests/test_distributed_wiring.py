@@ -89,7 +89,7 @@ def test_scaling_launches_one_process_then_n_into_the_same_run(monkeypatch, tmp_
     monkeypatch.setattr(distributed, "launch", lambda n, argv: launches.append((n, argv)) or 0)
     monkeypatch.setattr(sys, "argv", ["bench", "all", "--nproc", "2", "--scaling", "--epochs", "1"])
     run = tmp_path / "run"
-    args = Namespace(nproc=2, scaling=True, resume=None, out=str(run))
+    args = Namespace(nproc=2, scaling=True, resume=None, out=str(run), isolate=False, variant_timeout=None)
     assert all_command.run(args) == 0
     base = ["all", "--nproc", "2", "--epochs", "1"]
     assert launches == [(1, base + ["--out", str(run)]), (2, base + ["--resume", str(run)])]
@@ -131,7 +131,7 @@ def test_rank0_samples_every_local_gpu_under_torchrun(monkeypatch):
 
     monkeypatch.setattr(nvml, "nvml_unavailable_reason", lambda device: None)
     monkeypatch.setattr(nvml, "NvmlSampler", RecordingSampler)
-    monkeypatch.setattr(nvml_overhead, "sampler_overhead", lambda cfg, ctx, variant: {})
+    monkeypatch.setattr(nvml_overhead, "sampler_overhead", lambda cfg, devices, period_s, variant: {})
     ctx, env = RunContext(), {}
     all_command._start_nvml(None, ctx, 0.01, None, env, all_command.nvml_devices(cuda0, world_size=2))
     assert ctx.sampler.devices == [cuda0, torch.device("cuda", 1)] and env["idle_power_w"] == 200.0

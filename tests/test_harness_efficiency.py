@@ -12,6 +12,7 @@ import torch
 from bench.worker import runner
 from bench.config import RunConfig, RunContext
 from bench.instruments.nvml import COLUMNS
+from bench.parent.matrix import nvml_columns
 from bench.worker.reference_loop import reference_samples_per_s
 from bench.worker.trainer import Trainer, adam
 from bench.variants import Variant
@@ -104,7 +105,7 @@ class ConstantPowerSampler:
     def __init__(self):
         self.t0 = time.perf_counter()
 
-    def mark(self, label):
+    def mark(self, label, at=None):
         pass
 
     def timeline(self):
@@ -118,7 +119,8 @@ def test_energy_windows_of_a_measured_variant(cfg):
     """Steady energy covers the timed steps only; compile, validation and the whole phase are
     separate, and the parts fit inside the phase."""
     ctx = RunContext(sampler=ConstantPowerSampler(), idle_power_w=40.0)
-    row = runner.measure(Variant("add", batch_size=8, loader="resident"), cfg, ctx).row
+    result = runner.measure(Variant("add", batch_size=8, loader="resident"), cfg, ctx)
+    row = {**result.row, **nvml_columns(result.phases, cfg, ctx)}  # cut from the parent's timeline
     steady_samples = (2 * 2 - cfg.warmup_steps) * 8
     assert row["samples_per_j"] == pytest.approx(steady_samples / row["energy_j"])
     parts = row["energy_j"] + row["compile_energy_j"] + row["val_energy_j"]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bench.parent import matrix as run_module
-from bench.parent.matrix import run_matrix
+from bench.config import RunContext
+from bench.parent.matrix import nvml_columns, run_matrix
 from bench.worker.runner import measure
 from bench.variants import CHANNELS, Variant
 from conftest import tiny_config
@@ -30,7 +31,12 @@ def test_fp32_row_has_every_measurement(tiny_data, split):
     assert 0 <= row["data_wait_share"] < 1
     assert row["peak_mem_kind"] == "process_peak_rss" and row["peak_mem_mb"] > 0
     assert row["flops_per_sample"] > 1e8
-    assert row["mfu_per_gpu"] is None and "no CUDA" in row["nvml_note"]  # CPU: n/a with the reason, never 0
+    assert row["mfu_per_gpu"] is None and "nvml_note" not in row  # NVML columns are the parent's, from the phases
+    phases = result.phases
+    assert phases.t_start <= phases.warmup_window[1] == phases.steady_windows[0][0] < phases.eval_windows[0][0]
+    assert phases.steady_windows[-1][1] <= phases.eval_windows[-1][0] < phases.eval_windows[-1][1] <= phases.t_end
+    assert [label.split(":")[-1] for _, label in phases.marks] == ["0", "inference", "reference", "idle"]
+    assert "no CUDA" in nvml_columns(phases, config(tiny_data, split), RunContext())["nvml_note"]  # n/a with the reason
     assert row["samples_trained"] == 2 * 2 * 8
     assert row["optimizer"] == "adam-forloop" and row["reference_samples_per_s"] > 0
     assert row["harness_efficiency"] == pytest.approx(row["train_samples_per_s"] / row["reference_samples_per_s"])

@@ -12,6 +12,8 @@ from bench.options import (PROFILES, ROBUSTNESS_DEFAULT, add_data_args, add_matr
                            positive, resolve_device)
 from bench.parent.rundir import run_dir_path
 
+OVERHEAD_PROBE = "bench.parent.nvml_overhead:sampler_overhead"
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("all", help="train and measure every variant of the matrix")
@@ -39,6 +41,11 @@ def add_parser(sub) -> None:
                    "starts torchrun; for several nodes run torchrun yourself (README)")
     p.add_argument("--scaling", action="store_true", help="with --nproc N: also train on one process into the "
                    "same run directory and report the scaling efficiency")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, help="train each (variant, seed) in a fresh "
+                   "worker process, so a crash or hang costs that variant only and its memory is its own "
+                   "(default: on with CUDA, off on the CPU; README)")
+    p.add_argument("--variant-timeout", type=float, metavar="SECONDS",
+                   help="with isolation: a variant still running after SECONDS is killed and recorded as failed")
 
 
 def run(args) -> int:
@@ -46,12 +53,51 @@ def run(args) -> int:
     job = distributed.read_env()
     if args.scaling and (args.nproc or 0) < 2:
         raise SystemExit("error: --scaling needs --nproc N with N >= 2 (it compares N processes with one)")
+    isolate = isolated(args, job)
+    if args.variant_timeout is not None and not (isolate and args.variant_timeout > 0):
+        raise ValueError(f"--variant-timeout {args.variant_timeout:g}: expected seconds above 0, and isolation "
+                         "(--isolate): a variant in this process cannot be stopped")
     if args.nproc and not job.enabled:  # not under torchrun yet: start it
-        return _launch(args)
+        return _launch_isolated(args) if isolate else _launch(args)
     try:
-        return _run(args, job)
+        return _run(args, job, _isolation(args, 1) if isolate else None)
     finally:
         distributed.shutdown()
+
+
+def isolated(args, job) -> bool:
+    """--isolate / --no-isolate; by default on wherever CUDA is used (a sticky CUDA error or the
+    allocator's pools would reach every later variant) and off on the CPU (README: what a worker
+    costs there). Under a torchrun the user started each rank is in-process, as before."""
+    if job.enabled:
+        if args.isolate:
+            raise ValueError("--isolate under torchrun: run bench all --nproc N, which starts a torchrun group "
+                             "per variant, instead of starting torchrun yourself")
+        return False
+    if args.isolate is not None:
+        return args.isolate
+    kind = args.device.split(":")[0] if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
+    return kind == "cuda"
+
+
+def _isolation(args, nproc: int):
+    from bench.parent.launcher import Isolation
+    return Isolation(timeout_s=args.variant_timeout, nproc=nproc)
+
+
+def _launch_isolated(args) -> int:
+    """--nproc N with isolation: this process owns the run and starts one torchrun group of N
+    ranks per variant; with --scaling first a one-process pass into the run directory, then the
+    N-process pass resuming it, as _launch does."""
+    from bench.distributed import DistEnv
+    if not args.scaling:
+        return _run(args, DistEnv(world_size=args.nproc), _isolation(args, args.nproc))
+    run_dir = str(run_dir_path(args.resume or args.out))
+    one = _run(argparse.Namespace(**{**vars(args), "out": run_dir}), DistEnv(), _isolation(args, 1))
+    if one not in (0, 1):
+        return one
+    resumed = argparse.Namespace(**{**vars(args), "resume": run_dir, "force": False})
+    return max(one, _run(resumed, DistEnv(world_size=args.nproc), _isolation(args, args.nproc)))
 
 
 def _launch(args) -> int:
@@ -70,7 +116,8 @@ def _launch(args) -> int:
 
 def _device(args, job) -> torch.device:
     """--device as given; under torchrun cuda:LOCAL_RANK (or the CPU), joined to the process group."""
-    if not job.enabled:
+    from bench.distributed import read_env
+    if not read_env().enabled:  # also the parent of isolated --nproc N: its workers join the group
         return resolve_device(args.device)
     from bench.distributed import init
     kind = torch.device(args.device).type if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,7 +137,9 @@ def _data(args, run_dir: Path, rank0: bool):
     return broadcast_from_rank0(found)
 
 
-def _run(args, job) -> int:
+def _run(args, job, isolation=None) -> int:
+    """The run in this process: `job` is its torchrun place, or the world an isolated --nproc N
+    plans for its workers (this process is then rank 0 of N without a process group)."""
     from bench.config import RunContext
     from bench.distributed import is_rank0
     from bench.parent.matrix import run_matrix
@@ -129,14 +178,16 @@ def _run(args, job) -> int:
                 "split": split_fingerprint(split), "code": code_version()}
     env = _env(device, job, profile_name, root, split_path)
     _start_nvml(replace(cfg, world_size=1, rank=0), ctx, args.nvml_period, variants[0], env,  # rank 0 alone
-                nvml_devices(device, job.world_size))
+                nvml_devices(device, job.world_size), isolation is not None)
     run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841 (held until run() returns)
     try:
         fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
         print(f"{len(variants)} variants x {len(seeds)} seeds, profile {profile_name}, {len(cfg.train_ids)} train / "
               f"{len(cfg.val_ids)} val samples, {cfg.epochs} epochs on {device}"
-              + (f" x {job.world_size} processes" if job.enabled else "") + f"; writing {run_dir}")
-        failures = run_matrix(variants, cfg, run_dir, fingerprint, resume=bool(args.resume), ctx=ctx, seeds=seeds)
+              + (f" x {job.world_size} processes" if job.enabled else "")
+              + (", each variant in a fresh process" if isolation else "") + f"; writing {run_dir}")
+        failures = run_matrix(variants, cfg, run_dir, fingerprint, resume=bool(args.resume), ctx=ctx, seeds=seeds,
+                              isolation=isolation)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the folder holds a valid report and can be resumed
         write_report(run_dir)
         print(f"\ninterrupted: the variants that finished are in {run_dir}; continue with --resume {run_dir}")
@@ -197,10 +248,13 @@ def nvml_devices(device: torch.device, world_size: int) -> list[torch.device]:
     return [torch.device("cuda", index) for index in range(local)]
 
 
-def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict, devices: list[torch.device]) -> None:
-    """Starts the sampler when NVML can watch these devices; else records why its columns are empty."""
+def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict, devices: list[torch.device],
+                isolate: bool = False) -> None:
+    """Starts the sampler when NVML can watch these devices; else records why its columns are empty.
+    The overhead probe trains, so with isolation it runs in a worker."""
     from bench.instruments.nvml import NvmlSampler, nvml_unavailable_reason
-    from bench.parent.nvml_overhead import sampler_overhead
+    from bench.parent import nvml_overhead
+    from bench.parent.launcher import run_in_worker
     reason = next(filter(None, map(nvml_unavailable_reason, devices)), None)
     if reason:
         ctx.nvml_reason = reason
@@ -210,5 +264,6 @@ def _start_nvml(cfg, ctx, period_s: float, probe_variant, env: dict, devices: li
     ctx.idle_power_w = ctx.sampler.measure_idle_power(3.0)  # NVML power is a ~1 s average
     env["idle_power_w"] = ctx.idle_power_w
     env["nvml_counter_period_s"] = ctx.sampler.counter_period_s  # measured in the same idle window
-    env["nvml_overhead"] = sampler_overhead(cfg, ctx, probe_variant)
+    probe = (cfg, devices, period_s, probe_variant)
+    env["nvml_overhead"] = run_in_worker(OVERHEAD_PROBE, *probe) if isolate else nvml_overhead.sampler_overhead(*probe)
     ctx.sampler.start()

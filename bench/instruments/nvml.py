@@ -209,10 +209,11 @@ class NvmlSampler:
             next_time = max(next_time + self.period_s, time.perf_counter())
             self._stop.wait(max(0.0, next_time - time.perf_counter()))
 
-    def mark(self, label: str) -> None:
-        """Record a perf_counter time and label so the timeline can be split per variant/phase."""
+    def mark(self, label: str, at: float | None = None) -> None:
+        """Record a perf_counter time (now, or `at`: a worker's, the same clock) and label so the
+        timeline can be split per variant/phase."""
         with self._lock:
-            self._marks.append((time.perf_counter(), label))
+            self._marks.append((time.perf_counter() if at is None else at, label))
 
     def timeline(self) -> pd.DataFrame:
         """All samples so far, one row per GPU and tick: columns COLUMNS, and GPU with several GPUs."""

@@ -4,6 +4,10 @@ Rounds alternate "without" and "with" the sampler (ABBA order, so a drift in clo
 hits both alike) and each round gives one paired overhead in %. Rounds go on until the 95 %
 t-interval of the mean overhead is narrower than the target or the round/time budget runs out;
 the result says which, so a figure that did not resolve is never presented as one that did.
+
+The probe trains, so with isolation the parent runs sampler_overhead in a worker (it holds no
+CUDA memory of its own); the probe's sampler then runs in the training process, sharing its
+interpreter, a cost at least that of the run's sampler, which lives in the parent.
 """
 
 import math
@@ -13,7 +17,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from bench.config import RunConfig, RunContext
+from bench.config import RunConfig
 from bench.instruments.timing import rate, time_calls
 from bench.worker.trainer import Trainer
 from bench.variants import Variant
@@ -56,8 +60,10 @@ def _interval(values: list[float]) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def sampler_overhead(cfg: RunConfig, ctx: RunContext, variant: Variant, steps: int = 50, **budget) -> dict:
-    """The sampler's overhead on `variant`'s training step, on a fixed batch on the device."""
+def sampler_overhead(cfg: RunConfig, devices: list, period_s: float, variant: Variant, steps: int = 50,
+                     **budget) -> dict:
+    """The overhead of a sampler of `devices` every `period_s` on `variant`'s training step, on a
+    fixed batch on the device."""
     from bench.instruments.nvml import NvmlSampler
 
     trainer = Trainer(variant, cfg)
@@ -70,7 +76,7 @@ def sampler_overhead(cfg: RunConfig, ctx: RunContext, variant: Variant, steps: i
         return rate(time_calls(lambda: trainer.step(rgb, lidar, label), steps, cfg.device), b)
 
     def rate_with() -> float:
-        with NvmlSampler(ctx.sampler.devices, ctx.sampler.period_s):  # every GPU the run samples
+        with NvmlSampler(devices, period_s):  # every GPU the run samples
             return rate_without()
 
     rate_without()  # warm-up

@@ -10,6 +10,7 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from loaders import make_loader
 from loaders.split import check_class_prior, class_share
 from models import build_model, count_parameters, count_stored_parameters
 
-__all__ = ["Trainer", "TrainingRun", "VariantResult", "failed_row", "measure"]
+__all__ = ["Phases", "Trainer", "TrainingRun", "VariantResult", "failed_row", "measure", "reference_key"]
 
 Window = tuple[float, float]  # perf_counter seconds
 
@@ -39,6 +40,23 @@ class VariantResult:
     inference: list[dict]
     robustness: list[dict] = field(default_factory=list)  # a row per bench.worker.robustness condition
     steps: list[dict] = field(default_factory=list)  # a row per timed step (steps.csv), for verdicts on short runs
+    phases: "Phases | None" = None  # where the parent cuts its NVML timeline for this variant
+
+
+@dataclass
+class Phases:
+    """The perf_counter windows of the last training run and the variant's phase marks: the
+    parent's NVML sampler owns the timeline, so the worker hands back where to cut it
+    (perf_counter is CLOCK_MONOTONIC on Linux, one clock for every process)."""
+    t_start: float
+    t_end: float
+    steps: int  # training steps of the run, warm-up included
+    batch_size: int
+    time_to_target: float
+    warmup_window: Window | None
+    steady_windows: list[Window]
+    eval_windows: list[Window]
+    marks: list[tuple[float, str]]  # (perf_counter, "variant:phase") for nvml.csv's marker column
 
 
 @dataclass
@@ -76,9 +94,11 @@ def _loader(variant: Variant, cfg: RunConfig, ctx: RunContext, ids: list[str], t
     options = {}
     if variant.loader == "resident":
         from loaders.dataset import decode_split
+        from loaders.resident import load_decoded
         key = ("resident", "train" if train else "val")
         if key not in ctx.loader_cache:
-            ctx.loader_cache[key] = decode_split(cfg.data_root, ids, progress=cfg.progress)
+            ctx.loader_cache[key] = load_decoded(Path(ctx.decoded_dir) / key[1]) if ctx.decoded_dir else \
+                decode_split(cfg.data_root, ids, progress=cfg.progress)
         options["tensors"] = ctx.loader_cache[key]
     if _loader_kernels(variant, cfg):
         options["input_prep_kernel"] = True
@@ -223,7 +243,7 @@ def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> float:
     not part of it, so variants that differ only in loader share it)."""
     if cfg.reference_steps < 1:
         return math.nan
-    key = replace(variant, loader="", epochs=None)
+    key = reference_key(variant)
     if key not in ctx.reference_cache:
         ctx.reference_cache[key] = reference_samples_per_s(variant, cfg.device, cfg.reference_steps,
                                                            warmup=cfg.warmup_steps, lr=cfg.lr, seed=cfg.seed,
@@ -231,51 +251,41 @@ def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> float:
     return ctx.reference_cache[key]
 
 
-def _nvml_columns(run: TrainingRun, cfg: RunConfig, ctx: RunContext) -> dict:
-    """Energy and utilisation of the timed steady steps, with the compile (warm-up steps),
-    validation and whole-phase energy beside them, and the energy to the target from the start."""
-    from bench.instruments.nvml import nvml_unavailable_reason, phase_energies, summarize_windows
-    if ctx.sampler is None:
-        return {"nvml_note": ctx.nvml_reason or nvml_unavailable_reason(cfg.device) or "NVML sampler not running"}
-    timeline, period = ctx.sampler.timeline(), ctx.sampler.counter_period_s
-    steady_samples = max(len(run.data_ms) - cfg.warmup_steps, 0) * run.trainer.variant.batch_size  # each rank's
-    columns = summarize_windows(timeline, run.steady_windows, ctx.idle_power_w, steady_samples, period)
-    phases = {"compile_energy_j": [run.warmup_window] if run.warmup_window else [], "val_energy_j": run.eval_windows,
-              "phase_energy_j": [(run.t_start, run.t_end)]}
-    if not math.isnan(run.time_to_target):
-        phases["j_to_target"] = [(run.t_start, run.t_start + run.time_to_target)]
-    columns.update(phase_energies(timeline, phases, period))
-    return columns
+def reference_key(variant: Variant) -> Variant:
+    """The model settings the plain loop depends on: the variant without its loader and epochs."""
+    return replace(variant, loader="", epochs=None)
 
 
 def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> VariantResult:
     """Runs a variant `cfg.repeats` times (its own epochs where it sets them) and returns its
-    result row, curves and inference rows."""
+    result row (all but the NVML columns, which the parent adds from its timeline), curves,
+    inference rows and phase windows."""
     ctx = ctx or RunContext()
     cfg = replace(cfg, epochs=variant.epochs) if variant.epochs else cfg
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # reset() keeps them; graphs and breaks are per variant
     memory.reset_peak(cfg.device)
-    runs = []
+    runs, marks = [], []
     for repeat in range(cfg.repeats):
-        _mark(ctx, f"{variant.name}:train:{repeat}")
+        marks.append((time.perf_counter(), f"{variant.name}:train:{repeat}"))
         runs.append(train_once(variant, cfg, ctx, repeat))
-    _mark(ctx, f"{variant.name}:inference")
+    marks.append((time.perf_counter(), f"{variant.name}:inference"))
     last = runs[-1]
     inference = _inference(last.trainer, last.val_loader, variant, cfg) if cfg.infer_iters > 0 else []
     if cfg.robustness:
-        _mark(ctx, f"{variant.name}:robustness")
+        marks.append((time.perf_counter(), f"{variant.name}:robustness"))
     robustness = _robustness(last, variant, cfg) if cfg.robustness else []
     peak = memory.read_peak(cfg.device)
     dynamo = _dynamo_counts()  # before the reference loop, which compiles a model of its own
-    _mark(ctx, f"{variant.name}:reference")
+    marks.append((time.perf_counter(), f"{variant.name}:reference"))
     reference_sps = _reference(variant, cfg, ctx)
-    _mark(ctx, "idle")
+    marks.append((time.perf_counter(), "idle"))
     row = summarise(variant, cfg, runs, inference, dynamo, reference_sps)
     row.update(peak)
-    row.update(_nvml_columns(last, cfg, ctx))
+    phases = Phases(last.t_start, last.t_end, len(last.data_ms), variant.batch_size, last.time_to_target,
+                    last.warmup_window, last.steady_windows, last.eval_windows, marks)
     return VariantResult(row, [c for r in runs for c in r.curves], inference, robustness,
-                         step_rows(variant, cfg, runs))
+                         step_rows(variant, cfg, runs), phases)
 
 
 def step_rows(variant: Variant, cfg: RunConfig, runs: list[TrainingRun]) -> list[dict]:
@@ -313,11 +323,6 @@ def _reduce_condition(row: dict, batch_size: int, cfg: RunConfig) -> dict:
                                     "samples": row["samples"]}, cfg.device)
     return {**row, "accuracy": 100.0 * sums["correct"] / sums["samples"],
             "val_loss": sums["loss"] * batch_size / sums["samples"], "samples": int(sums["samples"])}
-
-
-def _mark(ctx: RunContext, label: str) -> None:
-    if ctx.sampler is not None:
-        ctx.sampler.mark(label)
 
 
 def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inference: list[dict], dynamo: dict,
