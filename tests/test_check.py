@@ -44,7 +44,7 @@ def test_every_problem_is_listed_with_its_file(broken):
     assert len(result.problems) == 4
     for name in files:
         assert any(name in problem for problem in result.problems), name
-    with pytest.raises(DatasetError, match=r"4 of 96 samples are broken") as error:
+    with pytest.raises(DatasetError, match=r"4 problems in the 96 samples checked") as error:
         result.raise_if_broken()
     assert "non-finite" in str(error.value) and "has shape (64, 32)" in str(error.value)
     with pytest.raises(DatasetError, match=r"and 2 more"):
