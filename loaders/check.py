@@ -92,10 +92,11 @@ def angle_table_problems(root: str, folder: str, shapes: Counter) -> list[str]:
     shape, count = shapes.most_common(1)[0]
     if len(shape) != 2:
         return []
-    which = "every" if count == shapes.total() else f"{count} of {shapes.total()}"
+    maps = "every checked depth map in {} has" if count == shapes.total() else \
+        f"{count} of the {shapes.total()} checked depth maps in {{}} have"
     base = Path(root) / folder
-    return [f"{base / name} has {len(table)} angles, but {which} checked depth map in {base / 'lidar'} has {size} "
-            f"{axis} (shape {shape}); fix {name} (one angle per depth map {axis[:-1]})"
+    return [f"{base / name} has {len(table)} angles, but {maps.format(base / 'lidar')} {size} {axis} (shape {shape}); "
+            f"fix {name} (one angle per depth map {axis[:-1]})"
             for name, table, size, axis in (("azimuth.npy", azimuth, shape[0], "rows"),
                                             ("zenith.npy", zenith, shape[1], "columns")) if len(table) != size]
 
