@@ -78,7 +78,8 @@ def bounded(kind, accept, expected: str):
 
 
 positive = bounded(int, lambda v: v >= 1, "an integer of at least 1")
-non_negative = bounded(int, lambda v: v >= 0, "an integer of 0 or more")  # seeds, worker counts
+non_negative = bounded(int, lambda v: v >= 0, "an integer of 0 or more")
+seed_value = bounded(int, lambda v: 0 <= v < 2**64, "an integer from 0 to 2**64 - 1 (what torch.manual_seed takes)")
 positive_number = bounded(float, lambda v: 0 < v < math.inf, "a number above 0")
 fraction = bounded(float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
 percent = bounded(float, lambda v: 0 < v <= 100, "a percentage above 0 and at most 100")
@@ -87,7 +88,7 @@ percent = bounded(float, lambda v: 0 < v <= 100, "a percentage above 0 and at mo
 def check_new_folder(path: str | Path, option: str = "--out") -> None:
     """Refuses, before any work, a folder the command could not make or write: a file in its
     place, or a nearest existing parent that is a file or not writable (mkdir would fail only
-    at the end of the command, with a traceback)."""
+    after the data check or the work, with a traceback)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path} is a file, not a folder")
@@ -101,7 +102,7 @@ def check_new_folder(path: str | Path, option: str = "--out") -> None:
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset root in the NVIDIA assessment layout (default: generate data/synthetic)")
     p.add_argument("--split", help="split JSON {seed, train, val} (default: DATA/split.json, made on first use)")
-    p.add_argument("--seed", type=non_negative, default=42, help="seed for data generation, the split, shuffling and init")
+    p.add_argument("--seed", type=seed_value, default=42, help="seed for data generation, the split, shuffling and init")
     p.add_argument("--per-class", type=positive, default=3000, help="samples per class when generating data")
 
 

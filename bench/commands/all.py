@@ -11,7 +11,8 @@ import torch
 
 from bench.errors import UsageError
 from bench.options import (PROFILES, ROBUSTNESS_DEFAULT, add_data_args, add_matrix_args, check_new_folder, csv_list,
-                           default_profile, matrix, non_negative, percent, positive, positive_number, resolve_device)
+                           default_profile, matrix, non_negative, percent, positive, positive_number, resolve_device,
+                           seed_value)
 from bench.parent.rundir import run_dir_path
 
 
@@ -33,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--kernels", metavar="PATH",
                    help="kernels.csv of `bench kernels` (or its folder): use each kernel that won there on this GPU")
-    p.add_argument("--seeds", type=csv_list(non_negative), help="train each variant once per seed (init and shuffling; "
+    p.add_argument("--seeds", type=csv_list(seed_value), help="train each variant once per seed (init and shuffling; "
                    "--seed still fixes data and split), e.g. 42,43,44 (default: --seed)")
     p.add_argument("--robustness", action=argparse.BooleanOptionalAction, help="evaluate each trained network with "
                    "one sensor degraded (default: on in the seed and gpu profiles, off in quick)")
@@ -230,8 +231,8 @@ def announce_kernels(path: str, device: torch.device) -> None:
         raise UsageError(f"--kernels {table}: not a CSV table ({str(error).strip().splitlines()[0]}; {expected})") from None
     missing = [c for c in COLUMNS if c not in columns]
     if missing:
-        raise UsageError(f"--kernels {table}: lacks {len(missing)} of its {len(COLUMNS)} columns, e.g. "
-                         f"{', '.join(missing[:3])} ({expected})")
+        raise UsageError(f"--kernels {table}: lacks {len(missing)} of the {len(COLUMNS)} columns of a kernels table, "
+                         f"e.g. {', '.join(missing[:3])} ({expected})")
     used = [kernel for kernel in KERNELS if use_kernel(kernel, device, path)]
     print(f"--kernels {path}: " + (f"{', '.join(used)} used where they apply" if used else
                                    f"no kernel beat eager and torch.compile there on {device}; the torch path runs"))

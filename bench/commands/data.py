@@ -2,14 +2,14 @@
 
 import argparse
 
-from bench.options import check_new_folder, non_negative, positive
+from bench.options import check_new_folder, positive, seed_value
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("data", help="generate a synthetic dataset in the NVIDIA assessment layout")
     p.add_argument("--out", default="data/synthetic", help="folder to write (must not hold a dataset already)")
     p.add_argument("--per-class", type=positive, default=3000)
-    p.add_argument("--seed", type=non_negative, default=42)
+    p.add_argument("--seed", type=seed_value, default=42)
     p.add_argument("--prepare", action="store_true", help="also pack it into the raw form DALI reads without decoding")
 
 
