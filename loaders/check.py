@@ -52,23 +52,22 @@ class SampleCheck:
 
 
 def check_sample(root: str, sample_id: str) -> SampleCheck:
-    """One sample read as the loaders read it."""
+    """One sample read as the loaders read it; a broken one's depth shape comes from its header."""
     digest = hashlib.blake2b(sample_id.encode(), digest_size=16)
-    shape = None
+    depth_bytes = b""
     try:
         files = sample_files(root, sample_id)
         depth_bytes, rgb_bytes = files.lidar.read_bytes(), files.rgb.read_bytes()
         digest.update(depth_bytes)
         digest.update(rgb_bytes)
-        shape = npy_shape(depth_bytes)
         azimuth, zenith = load_angles(root, files.folder)
         depth = read_depth(files.lidar, azimuth, zenith, source=io.BytesIO(depth_bytes))
         read_rgba(files.rgb, depth.shape, source=io.BytesIO(rgb_bytes))
     except DatasetError as error:
-        return SampleCheck(digest.hexdigest(), str(error), shape)
+        return SampleCheck(digest.hexdigest(), str(error), npy_shape(depth_bytes))
     except OSError as error:  # its own text is "[Errno 13] Permission denied: '...'"
-        return SampleCheck(digest.hexdigest(), f"cannot read {error.filename}: {error.strerror}", shape)
-    return SampleCheck(digest.hexdigest(), "", shape)
+        return SampleCheck(digest.hexdigest(), f"cannot read {error.filename}: {error.strerror}", npy_shape(depth_bytes))
+    return SampleCheck(digest.hexdigest(), "", depth.shape)
 
 
 def npy_shape(data: bytes) -> tuple | None:
@@ -122,18 +121,17 @@ def check_dataset(root: str | Path, sample_ids: list[str], workers: int | None =
 
 
 def _problems(root: str, sample_ids: list[str], results: list[SampleCheck]) -> list[str]:
-    """The samples' problems, with a wrong angle table named once in place of its folder's depth
-    maps that only disagree with it."""
-    problems, blamed = [], {}
+    """The samples' problems, with a wrong angle table named once in place of the problems of its
+    folder's depth maps that only disagree with it."""
+    if not any(r.problem for r in results):
+        return []
+    folders = [sample_files(root, sample_id).folder for sample_id in sample_ids]
+    problems, blamed = [], {}  # blamed: folder -> the depth-map shape its tables do not fit
     for folder in sorted(CLASSES):
-        checked = [r for i, r in zip(sample_ids, results) if sample_files(root, i).folder == folder]
-        shapes = Counter(r.depth_shape for r in checked if r.depth_shape is not None)
+        shapes = Counter(r.depth_shape for f, r in zip(folders, results) if f == folder and r.depth_shape is not None)
         tables = angle_table_problems(root, folder, shapes)
-        problems += tables
         if tables:
+            problems += tables
             blamed[folder] = shapes.most_common(1)[0][0]
-    for sample_id, result in zip(sample_ids, results):
-        folder = sample_files(root, sample_id).folder
-        if result.problem and not (folder in blamed and result.depth_shape == blamed[folder]):
-            problems.append(result.problem)
-    return problems
+    return problems + [r.problem for f, r in zip(folders, results)
+                       if r.problem and not (f in blamed and r.depth_shape == blamed[f])]

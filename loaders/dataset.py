@@ -40,7 +40,7 @@ def discover_ids(root: str | Path) -> list[str]:
     if not root.exists():
         raise DatasetError(f"dataset folder {root} does not exist")
     if not root.is_dir():
-        raise DatasetError(f"--data {root} is a file; expected the dataset folder (NVIDIA assessment layout)")
+        raise DatasetError(f"dataset folder {root} is a file, not a folder (expected the NVIDIA assessment layout)")
     ids = []
     for folder, (prefix, _) in CLASSES.items():
         rgb_stems = _stems(root / folder / "rgb", ".png")

@@ -159,7 +159,7 @@ FAULTS = [
           r"^error: \S+ has no results.csv or loaders.csv \(is it a run directory\?\)"),
     # the data: each message names the file and what is wrong with it
     Fault("data is a file", lambda t: run_all(t, "--data", junk(t / "data.zip", b"PK")), BAD_INPUT,
-          r"^error: --data \S+data.zip is a file; expected the dataset folder"),
+          r"^error: dataset folder \S+data.zip is a file, not a folder"),
     Fault("lidar folder unreadable", on_damaged_data(lambda r: without_access(r / "cubes" / "lidar", 0)), BAD_INPUT,
           r"^error: cannot read folder \S+cubes/lidar: Permission denied"),
     Fault("zenith table of the wrong length", on_damaged_data(lambda r: np.save(r / "cubes" / "zenith.npy", np.zeros(32))),
