@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from bench.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -39,10 +41,10 @@ def read_env(environ=os.environ) -> DistEnv:
         env = DistEnv(*(int(environ.get(name, default)) for name, default in
                         (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1))))
     except ValueError:
-        raise SystemExit("error: torchrun environment RANK, LOCAL_RANK and WORLD_SIZE must be integers, got "
+        raise UsageError("torchrun environment RANK, LOCAL_RANK and WORLD_SIZE must be integers, got "
                          + ", ".join(f"{k}={environ.get(k)!r}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))) from None
     if env.world_size < 1 or not 0 <= env.rank < env.world_size or env.local_rank < 0:
-        raise SystemExit(f"error: torchrun environment RANK={env.rank} LOCAL_RANK={env.local_rank} "
+        raise UsageError(f"torchrun environment RANK={env.rank} LOCAL_RANK={env.local_rank} "
                          f"WORLD_SIZE={env.world_size}: expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
     return env
 
@@ -52,7 +54,7 @@ def init(env: DistEnv, device_type: str) -> torch.device:
     cuda:LOCAL_RANK, made current, or the CPU."""
     if device_type == "cuda":
         if env.local_rank >= torch.cuda.device_count():
-            raise SystemExit(f"error: LOCAL_RANK {env.local_rank} but this node has {torch.cuda.device_count()} "
+            raise UsageError(f"LOCAL_RANK {env.local_rank} but this node has {torch.cuda.device_count()} "
                              "CUDA devices (--nproc-per-node larger than the GPU count?)")
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)

@@ -3,10 +3,14 @@
 import argparse
 import importlib.util
 import itertools
+import math
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
+from bench.errors import UsageError
 from bench.variants import CHANNELS, COMPILE_MODES, MEMORY_FORMATS, Variant, build_matrix, filter_variants
 from loaders import LOADERS
 from models import ARCHITECTURES, DOWNSAMPLES
@@ -59,11 +63,40 @@ def csv_list(kind, allowed=None):
     return parse
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def bounded(kind, accept, expected: str):
+    """argparse type: `kind(text)` where `accept` holds, else "expected <expected>, got <text>"
+    (argparse names the option), so a bad value stops the command before it touches anything."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+positive = bounded(int, lambda v: v >= 1, "an integer of at least 1")
+non_negative = bounded(int, lambda v: v >= 0, "an integer of 0 or more")
+seed_value = bounded(int, lambda v: 0 <= v < 2**64, "an integer from 0 to 2**64 - 1 (what torch.manual_seed takes)")
+positive_number = bounded(float, lambda v: 0 < v < math.inf, "a number above 0")
+fraction = bounded(float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
+percent = bounded(float, lambda v: 0 < v <= 100, "a percentage above 0 and at most 100")
+
+
+def check_new_folder(path: str | Path, option: str = "--out") -> None:
+    """Refuses, before any work, a folder the command could not make or write: a file in its
+    place, or a nearest existing parent that is a file or not writable (mkdir would fail only
+    after the data check or the work, with a traceback)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file, not a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {existing} (permission denied or a read-only file system)")
 
 
 def shard_spec(text: str) -> tuple[int, int]:
@@ -95,7 +128,7 @@ def shard_of(variants: list, shard: tuple[int, int]) -> list:
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset root in the NVIDIA assessment layout (default: generate data/synthetic)")
     p.add_argument("--split", help="split JSON {seed, train, val} (default: DATA/split.json, made on first use)")
-    p.add_argument("--seed", type=int, default=42, help="seed for data generation, the split, shuffling and init")
+    p.add_argument("--seed", type=seed_value, default=42, help="seed for data generation, the split, shuffling and init")
     p.add_argument("--per-class", type=positive, default=3000, help="samples per class when generating data")
 
 
@@ -103,10 +136,11 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", type=csv_list(str, ARCHITECTURES), default=list(ARCHITECTURES), help="late,concat,add,mul")
     p.add_argument("--downsample", type=csv_list(str, DOWNSAMPLES), default=["maxpool"], help="maxpool,strided")
     p.add_argument("--amp", action="store_true", help="add autocast variants beside fp32")
-    p.add_argument("--amp-dtype", choices=("bf16", "fp16"), default="bf16", help="autocast dtype for --amp (fp16 uses GradScaler)")
+    p.add_argument("--amp-dtype", choices=("bf16", "fp16"), help="autocast dtype for --amp (default bf16; fp16 uses GradScaler)")
     p.add_argument("--compile", action="store_true", help="add torch.compile variants beside eager")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES[1:], default="default",
-                   help="torch.compile mode for --compile; step: compiled model and the whole step in one CUDA graph")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES[1:],
+                   help="torch.compile mode for --compile (default: default); step: compiled model and the whole "
+                        "step in one CUDA graph")
     p.add_argument("--memory-format", type=csv_list(str, MEMORY_FORMATS), default=["contiguous"], help="contiguous,channels_last")
     p.add_argument("--batch-size", type=csv_list(positive), help="training batch size(s), e.g. 32,512 (profile default 32)")
     p.add_argument("--loader", type=csv_list(str, LOADERS), help="torch,resident,dali (profile default: quick resident, seed torch)")
@@ -120,18 +154,28 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
 
 def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
     """The variants the matrix flags ask for, the profile filling what they leave out."""
+    check_matrix_args(args)
     profile = PROFILES[profile_name]
-    amp_dtype = amp_dtype or args.amp_dtype
+    amp_dtype = amp_dtype or args.amp_dtype or "bf16"
     variants = build_matrix(args.arch, args.downsample, ["fp32", amp_dtype] if args.amp else ["fp32"],
-                            ["none", args.compile_mode] if args.compile else ["none"], args.memory_format,
+                            ["none", args.compile_mode or "default"] if args.compile else ["none"], args.memory_format,
                             args.batch_size or profile["batch_size"], args.loader or profile["loader"], args.channels)
     if profile["pipeline_epochs"] and not args.loader:
         variants = with_pipeline_rows(variants, profile["pipeline_epochs"], dali_available())
     chosen = filter_variants(variants, args.variants)
     if not chosen:
-        raise SystemExit(f"error: --variants {' '.join(args.variants)} matches none of the {len(variants)} variants "
+        raise UsageError(f"--variants {' '.join(args.variants)} matches none of the {len(variants)} variants "
                          "(see `python -m bench list`)")
     return shard_of(chosen, args.shard) if getattr(args, "shard", None) else chosen
+
+
+def check_matrix_args(args) -> None:
+    """A flag that only qualifies another must not be given alone: without it the matrix would
+    silently run something else (every variant eager, or fp32)."""
+    if args.compile_mode and not args.compile:
+        raise UsageError(f"--compile-mode {args.compile_mode} needs --compile (without it every variant runs eager)")
+    if args.amp_dtype and not args.amp:
+        raise UsageError(f"--amp-dtype {args.amp_dtype} needs --amp (without it every variant trains in fp32)")
 
 
 def with_pipeline_rows(variants: list, epochs: int, dali: bool) -> list:

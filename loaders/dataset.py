@@ -4,6 +4,7 @@ Every check names the file and what was expected, because a benchmark that silen
 half-broken dataset produces numbers nobody can trust.
 """
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +19,7 @@ from tqdm import tqdm
 CLASSES = {"cubes": ("cube", 0), "spheres": ("sphere", 1)}
 PREFIX_TO_FOLDER = {prefix: folder for folder, (prefix, _) in CLASSES.items()}
 NO_RETURN_DEPTH = 50.0
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class DatasetError(ValueError):
@@ -35,18 +37,17 @@ class SampleFiles:
 def discover_ids(root: str | Path) -> list[str]:
     """All sample ids (cube_0000, sphere_0000, ...) with both an RGB and a LiDAR file."""
     root = Path(root).expanduser()
-    if not root.is_dir():
+    if not root.exists():
         raise DatasetError(f"dataset folder {root} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} is a file, not a folder (expected the NVIDIA assessment layout)")
     ids = []
     for folder, (prefix, _) in CLASSES.items():
-        for sub in ("rgb", "lidar"):
-            if not (root / folder / sub).is_dir():
-                raise DatasetError(f"missing folder {root / folder / sub} (expected the NVIDIA assessment layout)")
+        rgb_stems = _stems(root / folder / "rgb", ".png")
+        lidar_stems = _stems(root / folder / "lidar", ".npy")
         for name in ("azimuth.npy", "zenith.npy"):
             if not (root / folder / name).is_file():
                 raise DatasetError(f"missing file {root / folder / name}")
-        rgb_stems = {p.stem for p in (root / folder / "rgb").glob("*.png")}
-        lidar_stems = {p.stem for p in (root / folder / "lidar").glob("*.npy")}
         for stem in sorted(rgb_stems - lidar_stems):
             raise DatasetError(f"{root / folder / 'rgb' / (stem + '.png')} has no LiDAR file {root / folder / 'lidar' / (stem + '.npy')}")
         for stem in sorted(lidar_stems - rgb_stems):
@@ -55,6 +56,18 @@ def discover_ids(root: str | Path) -> list[str]:
             raise DatasetError(f"no samples in {root / folder / 'rgb'} (expected NNNN.png files)")
         ids += [f"{prefix}_{stem}" for stem in sorted(rgb_stems)]
     return ids
+
+
+def _stems(folder: Path, suffix: str) -> set[str]:
+    """Names without `suffix` of the folder's files ending in it. An unreadable folder is an error
+    of its own: glob() would list nothing, and every sample would seem to lack its file."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        raise DatasetError(f"missing folder {folder} (expected the NVIDIA assessment layout)") from None
+    except OSError as error:
+        raise DatasetError(f"cannot read folder {folder}: {error.strerror}") from None
+    return {name[: -len(suffix)] for name in names if name.endswith(suffix)}
 
 
 def sample_files(root: str | Path, sample_id: str) -> SampleFiles:
@@ -100,9 +113,26 @@ def open_rgba(path: Path, source=None) -> Image.Image:
             image.load()
             if image.mode != "RGBA":
                 image = image.convert("RGBA")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:  # its message names the file object read ("<_io.BytesIO ...>"), not the file
+        raise DatasetError(f"cannot decode PNG {path}: {_not_an_image(path, source)}") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"cannot decode PNG {path}: {error}") from None
     return image
+
+
+def _not_an_image(path: Path, source=None) -> str:
+    """Why PIL found no image in a file: empty, or not a PNG (its first bytes), or a damaged one."""
+    if source is None:
+        with open(path, "rb") as file:
+            head = file.read(len(PNG_SIGNATURE))
+    else:
+        source.seek(0)
+        head = source.read(len(PNG_SIGNATURE))
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head != PNG_SIGNATURE:
+        return f"not a PNG file (it starts with {head!r})"
+    return "a PNG signature, but no image PIL can read after it"
 
 
 def resize_to(image: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -43,6 +43,8 @@ def check_split(split: dict, known_ids: set[str], source: str) -> None:
         if not isinstance(split[key], list) or not all(isinstance(i, str) for i in split[key]):
             kind = type(split[key]).__name__
             raise DatasetError(f"{source}: {key!r} must be a list of sample id strings, got {kind}")
+        if not split[key]:
+            raise DatasetError(f"{source}: the {key} list is empty; both cubes and spheres are needed in it")
         repeated = sorted(i for i, n in Counter(split[key]).items() if n > 1)
         if repeated:
             raise DatasetError(f"{source}: {len(repeated)} {key} ids appear more than once, e.g. {repeated[:3]}")
@@ -51,7 +53,8 @@ def check_split(split: dict, known_ids: set[str], source: str) -> None:
             raise DatasetError(f"{source}: {len(unknown)} {key} ids are not in the dataset, e.g. {unknown[:3]}")
         labels = {label_of(i) for i in split[key]}
         if labels != {0, 1}:
-            raise DatasetError(f"{source}: the {key} split has only class {sorted(labels)}; both cubes and spheres are needed")
+            only = "cubes" if labels == {0} else "spheres"
+            raise DatasetError(f"{source}: the {key} list has only {only}; both cubes and spheres are needed")
     leaked = set(split["train"]) & set(split["val"])
     if leaked:
         raise DatasetError(f"{source}: data leakage, {len(leaked)} ids are in both train and val, e.g. {sorted(leaked)[:3]}")

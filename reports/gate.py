@@ -56,9 +56,21 @@ def load_benchmarks(path: str | Path) -> dict:
             raise GateError(f"{path}: {bench.get('fullname')} has no raw rounds (record with --benchmark-json, "
                             "or --benchmark-save-data)")
         cases[bench["fullname"]] = np.asarray(bench["stats"]["data"], dtype=float)
-    keys = {b.get("extra_info", {}).get("hardware_key", "") for b in benchmarks} - {""}
-    return {"hardware": keys.pop() if len(keys) == 1 else "unknown", "commit": doc.get("commit_info", {}).get("id", ""),
+    return {"hardware": hardware_of(path, benchmarks), "commit": doc.get("commit_info", {}).get("id", ""),
             "cases": cases}
+
+
+def hardware_of(path: Path, benchmarks: list[dict]) -> str:
+    """The one hardware key every case carries: a case without one, or cases of several keys, could
+    be gated against another machine's baseline (or filed under a made-up key), so both are errors."""
+    unkeyed = [b.get("fullname") for b in benchmarks if not (b.get("extra_info") or {}).get("hardware_key")]
+    if unkeyed:
+        raise GateError(f"{path}: {len(unkeyed)} of {len(benchmarks)} cases have no extra_info.hardware_key, e.g. "
+                        f"{unkeyed[0]} (record with tests/test_benchmarks.py, which writes it)")
+    keys = sorted({b["extra_info"]["hardware_key"] for b in benchmarks})
+    if len(keys) > 1:
+        raise GateError(f"{path}: cases from several hardware keys ({', '.join(keys)}); gate one machine's run")
+    return keys[0]
 
 
 def judge(baseline: dict, current: dict, threshold: float = THRESHOLD, alpha: float = ALPHA,

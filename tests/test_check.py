@@ -2,6 +2,7 @@
 errors name their file (torch workers, DALI's png form)."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,11 +45,41 @@ def test_every_problem_is_listed_with_its_file(broken):
     assert len(result.problems) == 4
     for name in files:
         assert any(name in problem for problem in result.problems), name
-    with pytest.raises(DatasetError, match=r"4 of 96 samples are broken") as error:
+    with pytest.raises(DatasetError, match=r"4 problems in the 96 samples checked") as error:
         result.raise_if_broken()
     assert "non-finite" in str(error.value) and "has shape (64, 32)" in str(error.value)
     with pytest.raises(DatasetError, match=r"and 2 more"):
         result.raise_if_broken(shown=2)
+
+
+def test_a_wrong_angle_table_is_named_once_not_blamed_on_every_depth_map(broken):
+    files = damage(broken)
+    np.save(broken / "cubes" / "zenith.npy", np.zeros(16, np.float32))
+    problems = check_dataset(broken, discover_ids(broken), workers=2, progress=False).problems
+    assert problems[0] == (f"{broken}/cubes/zenith.npy has 16 angles, but 47 of the 48 checked depth maps in "
+                           f"{broken}/cubes/lidar have 64 columns (shape (64, 64)); fix zenith.npy (one angle per "
+                           "depth map column)")
+    assert len(problems) == 4  # the table, and the three maps or images broken on their own
+    for name in [files[0], files[2], files[3]]:
+        assert any(name in problem for problem in problems[1:]), name
+
+
+def test_unreadable_files_and_folders_say_so(broken, monkeypatch):
+    """As a user without the permission meets them (root reads anything, so the error is planted;
+    tests/test_faults.py has the chmod cases)."""
+    unreadable = broken / "cubes" / "rgb" / "0003.png"
+    read_bytes = Path.read_bytes
+
+    def denied(path):
+        if path == unreadable or path == broken / "cubes" / "rgb":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    problems = check_dataset(broken, discover_ids(broken), workers=2, progress=False).problems
+    assert problems == [f"cannot read {unreadable}: Permission denied"]
+    monkeypatch.setattr("os.listdir", denied)
+    with pytest.raises(DatasetError, match=f"cannot read folder {broken}/cubes/rgb: Permission denied"):
+        discover_ids(broken)
 
 
 def test_torch_worker_errors_keep_the_cause_and_file(broken):

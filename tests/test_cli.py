@@ -1,10 +1,14 @@
 """End to end: `python -m bench` as a user runs it, on a tiny dataset."""
 
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
+from bench.commands.all import check_batch_sizes
+from bench.errors import UsageError
+from bench.variants import Variant
 from conftest import bench
 from reports.results import CURVE_COLUMNS, RESULT_COLUMNS, SCHEMA_VERSION
 
@@ -52,14 +56,11 @@ def test_data_and_split_commands(tmp_path):
     assert split["seed"] == 3
 
 
-@pytest.mark.parametrize("args,message", [
-    (["all", "--batch-size", "0"], "must be at least 1"),
-    (["all", "--loader", "webdataset"], "webdataset not one of torch, resident, dali"),
-    (["report", "nowhere"], "has no results.csv"),
-    (["all", "--resume", "nowhere"], "--resume nowhere: no results.csv there"),
-    (["all", "--kernels", "nowhere.csv"], "--kernels nowhere.csv: no such file or folder"),
-])
-def test_bad_options(args, message, tmp_path):
-    done = bench(*args, cwd=tmp_path)
-    assert done.returncode != 0 and message in done.stderr
-
+def test_batch_sizes_are_checked_against_each_ranks_share_of_the_split():
+    """Under torchrun each rank trains on len(split) // world_size samples."""
+    cfg = SimpleNamespace(train_ids=["x"] * 10, val_ids=["y"] * 12, world_size=2, infer_batch_sizes=())
+    check_batch_sizes([Variant("add", batch_size=5)], cfg)
+    with pytest.raises(UsageError, match=r"--batch-size 6: larger than the train split's 5 samples per rank of 2"):
+        check_batch_sizes([Variant("add", batch_size=5), Variant("add", batch_size=6)], cfg)
+    with pytest.raises(UsageError, match=r"--infer-batch-sizes 8: larger than the val split's 6 samples per rank"):
+        check_batch_sizes([Variant("add", batch_size=1)], SimpleNamespace(**{**vars(cfg), "infer_batch_sizes": (2, 8)}))

@@ -18,6 +18,7 @@ import torch
 
 from bench.distributed import (DistEnv, broadcast_from_rank0, global_samples_per_s, is_rank0, node_gpus, read_env,
                                reduce_sums, scaling_efficiency, torchrun_command)
+from bench.errors import UsageError
 from loaders.order import ShardSampler, epoch_order, shard_order
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +28,9 @@ def test_read_env_defaults_and_torchrun_values():
     assert read_env({}) == DistEnv(0, 0, 1) and not read_env({}).enabled
     env = read_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
     assert env == DistEnv(3, 1, 4) and env.enabled
-    with pytest.raises(SystemExit, match="expected 0 <= RANK < WORLD_SIZE"):
+    with pytest.raises(UsageError, match="expected 0 <= RANK < WORLD_SIZE"):
         read_env({"RANK": "4", "WORLD_SIZE": "4"})
-    with pytest.raises(SystemExit, match="must be integers"):
+    with pytest.raises(UsageError, match="must be integers"):
         read_env({"RANK": "zero"})
 
 

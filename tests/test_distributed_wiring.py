@@ -4,7 +4,6 @@ the loaders read each rank's shard, and --scaling puts one- and N-process rows i
 import os
 import subprocess
 import sys
-from argparse import Namespace
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +14,9 @@ import torch
 from bench import distributed
 from bench.parent import matrix as run_module
 from bench.commands import all as all_command
+from bench.cli import parser
 from bench.config import RunConfig
+from bench.errors import UsageError
 from bench.parent.matrix import run_matrix
 from bench.worker.runner import VariantResult
 from bench.variants import Variant
@@ -89,7 +90,7 @@ def test_scaling_launches_one_process_then_n_into_the_same_run(monkeypatch, tmp_
     monkeypatch.setattr(distributed, "launch", lambda n, argv: launches.append((n, argv)) or 0)
     monkeypatch.setattr(sys, "argv", ["bench", "all", "--nproc", "2", "--scaling", "--epochs", "1"])
     run = tmp_path / "run"
-    args = Namespace(nproc=2, scaling=True, resume=None, out=str(run), isolate=False, variant_timeout=None)
+    args = parser().parse_args(["all", "--nproc", "2", "--scaling", "--epochs", "1", "--out", str(run)])
     assert all_command.run(args) == 0
     base = ["all", "--nproc", "2", "--epochs", "1"]
     assert launches == [(1, base + ["--out", str(run)]), (2, base + ["--resume", str(run)])]
@@ -97,8 +98,8 @@ def test_scaling_launches_one_process_then_n_into_the_same_run(monkeypatch, tmp_
 
 
 def test_scaling_needs_nproc():
-    with pytest.raises(SystemExit, match="--scaling needs --nproc"):
-        all_command.run(Namespace(nproc=None, scaling=True, resume=None, out=None))
+    with pytest.raises(UsageError, match="--scaling needs --nproc"):
+        all_command.run(parser().parse_args(["all", "--scaling"]))
 
 
 def test_rank0_samples_every_local_gpu_under_torchrun(monkeypatch):

@@ -42,7 +42,14 @@ def test_unknown_ids_are_an_error(tmp_path):
 def test_missing_class_is_an_error(tmp_path):
     split = make_split(IDS)
     split["val"] = [i for i in split["val"] if i.startswith("cube")]
-    with pytest.raises(DatasetError, match="val split has only class"):
+    with pytest.raises(DatasetError, match="the val list has only cubes; both cubes and spheres"):
+        load_split(save_split(split, tmp_path / "s.json"), IDS)
+
+
+def test_empty_list_is_called_empty(tmp_path):
+    split = make_split(IDS)
+    split["train"] = []
+    with pytest.raises(DatasetError, match="the train list is empty"):
         load_split(save_split(split, tmp_path / "s.json"), IDS)
 
 

@@ -6,10 +6,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from bench.options import (PROFILES, ROBUSTNESS_DEFAULT, add_data_args, add_matrix_args, csv_list, default_profile, matrix,
-                           positive, resolve_device)
+from bench.errors import UsageError
+from bench.options import (PROFILES, ROBUSTNESS_DEFAULT, add_data_args, add_matrix_args, check_new_folder, csv_list,
+                           default_profile, matrix, non_negative, percent, positive, positive_number, resolve_device,
+                           seed_value)
 from bench.parent.rundir import run_dir_path
 
 OVERHEAD_PROBE = "bench.parent.nvml_overhead:sampler_overhead"
@@ -24,16 +27,16 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run: skip variants already done there")
     p.add_argument("--force", action="store_true", help="--out on an existing run: move the old run aside first")
-    p.add_argument("--target-acc", type=float, default=99.0, help="validation accuracy %% for time-to-target")
+    p.add_argument("--target-acc", type=percent, default=99.0, help="validation accuracy %% for time-to-target")
     p.add_argument("--repeats", type=positive, default=1, help="train each variant this many times")
     p.add_argument("--warmup-steps", type=positive, default=5, help="first steps excluded from timing")
     p.add_argument("--infer-batch-sizes", type=csv_list(positive), default=[], help="extra inference batch sizes")
-    p.add_argument("--workers", type=int, default=2, help="loader worker processes/threads")
-    p.add_argument("--nvml-period", type=float, default=0.02, help="NVML sampling period in seconds")
+    p.add_argument("--workers", type=non_negative, default=2, help="loader worker processes/threads")
+    p.add_argument("--nvml-period", type=positive_number, default=0.02, help="NVML sampling period in seconds")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--kernels", metavar="PATH",
                    help="kernels.csv of `bench kernels` (or its folder): use each kernel that won there on this GPU")
-    p.add_argument("--seeds", type=csv_list(int), help="train each variant once per seed (init and shuffling; "
+    p.add_argument("--seeds", type=csv_list(seed_value), help="train each variant once per seed (init and shuffling; "
                    "--seed still fixes data and split), e.g. 42,43,44 (default: --seed)")
     p.add_argument("--robustness", action=argparse.BooleanOptionalAction, help="evaluate each trained network with "
                    "one sensor degraded (default: on in the seed and gpu profiles, off in quick)")
@@ -51,11 +54,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from bench import distributed
     job = distributed.read_env()
-    if args.scaling and (args.nproc or 0) < 2:
-        raise SystemExit("error: --scaling needs --nproc N with N >= 2 (it compares N processes with one)")
+    check_options(args, folders=job.rank == 0)  # rank 0 alone writes the run directory
     isolate = isolated(args, job)
     if args.variant_timeout is not None and not (isolate and args.variant_timeout > 0):
-        raise ValueError(f"--variant-timeout {args.variant_timeout:g}: expected seconds above 0, and isolation "
+        raise UsageError(f"--variant-timeout {args.variant_timeout:g}: expected seconds above 0, and isolation "
                          "(--isolate): a variant in this process cannot be stopped")
     if args.nproc and not job.enabled:  # not under torchrun yet: start it
         return _launch_isolated(args) if isolate else _launch(args)
@@ -71,7 +73,7 @@ def isolated(args, job) -> bool:
     costs there). Under a torchrun the user started each rank is in-process, as before."""
     if job.enabled:
         if args.isolate:
-            raise ValueError("--isolate under torchrun: run bench all --nproc N, which starts a torchrun group "
+            raise UsageError("--isolate under torchrun: run bench all --nproc N, which starts a torchrun group "
                              "per variant, instead of starting torchrun yourself")
         return False
     if args.isolate is not None:
@@ -100,6 +102,42 @@ def _launch_isolated(args) -> int:
     return max(one, _run(resumed, DistEnv(world_size=args.nproc), _isolation(args, args.nproc)))
 
 
+def check_options(args, folders: bool = True) -> None:
+    """Refuses options that contradict each other or name an unusable folder (with `folders`),
+    before the device, the data or any folder is touched; argparse types check each value."""
+    if args.scaling and (args.nproc or 0) < 2:
+        raise UsageError("--scaling needs --nproc N with N >= 2 (it compares N processes with one)")
+    if args.resume and args.force:
+        raise UsageError("--force moves a run aside and --resume continues it: pass one of them")
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        raise UsageError(f"--out {args.out} and --resume {args.resume}: a resumed run is written where it is; "
+                         "pass one of them")
+    if not folders:
+        return
+    if args.resume:
+        if not (Path(args.resume) / "results.csv").is_file():
+            raise UsageError(f"--resume {args.resume}: no results.csv there (is it a run directory?)")
+    else:
+        check_new_folder(run_dir_path(args.out))
+
+
+def check_batch_sizes(variants: list, cfg) -> None:
+    """Refuses a training or inference batch larger than the split it draws from (each rank's
+    share under torchrun): every variant of that size would fail, or skip the inference batch,
+    after the data check. Checked as soon as the split is known, before the data check."""
+    per_rank = {name: len(ids) // cfg.world_size for name, ids in (("train", cfg.train_ids), ("val", cfg.val_ids))}
+    ranks = f" per rank of {cfg.world_size}" if cfg.world_size > 1 else ""
+    for name, samples in per_rank.items():
+        too_big = sorted({v.batch_size for v in variants if v.batch_size > samples})
+        if too_big:
+            raise UsageError(f"--batch-size {','.join(map(str, too_big))}: larger than the {name} split's {samples} "
+                             f"samples{ranks}; choose a smaller batch or more data")
+    too_big = sorted(b for b in cfg.infer_batch_sizes if b > per_rank["val"])
+    if too_big:
+        raise UsageError(f"--infer-batch-sizes {','.join(map(str, too_big))}: larger than the val split's "
+                         f"{per_rank['val']} samples{ranks} (inference is timed on validation batches)")
+
+
 def _launch(args) -> int:
     """--nproc N: torchrun on N processes; with --scaling first one process into the run
     directory, then N processes resuming it (rows are keyed on world_size, so none is skipped)."""
@@ -111,7 +149,8 @@ def _launch(args) -> int:
     one = launch(1, argv if args.resume else argv + ["--out", str(run_dir)])
     if one not in (0, 1):  # 1: some variants failed, the run directory is still good
         return one
-    return max(one, launch(args.nproc, argv + ["--resume", str(run_dir)]))
+    resumed = [a for a in argv if a != "--force"]  # the first launch moved an old run aside already
+    return max(one, launch(args.nproc, resumed + ["--resume", str(run_dir)]))
 
 
 def _device(args, job) -> torch.device:
@@ -150,10 +189,8 @@ def _run(args, job, isolation=None) -> int:
 
     device = _device(args, job)
     rank0 = is_rank0()
-    if rank0 and args.resume and not (Path(args.resume) / "results.csv").exists():
-        raise SystemExit(f"error: --resume {args.resume}: no results.csv there (is it a run directory?)")
     sigterm_as_interrupt()
-    amp_dtype = args.amp_dtype
+    amp_dtype = args.amp_dtype or "bf16"
     if args.amp and amp_dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         print(f"{torch.cuda.get_device_name(device)} has no bf16: --amp uses fp16 (with GradScaler)")
         amp_dtype = "fp16"
@@ -164,6 +201,7 @@ def _run(args, job, isolation=None) -> int:
     run_dir = run_dir_path(args.resume or args.out)
     root, split, split_path = _data(args, run_dir, rank0)
     cfg = _config(args, job, device, profile_name, root, split)
+    check_batch_sizes(variants, cfg)
     seeds = list(dict.fromkeys(args.seeds or [args.seed]))
     ctx = RunContext()
     if not rank0:  # trains its shard; rank 0 checks the data, writes and reports
@@ -230,10 +268,22 @@ def _env(device: torch.device, job, profile_name: str, root: str, split_path: st
 
 
 def announce_kernels(path: str, device: torch.device) -> None:
-    """Checks --kernels before any training and says which kernels this device will use."""
-    from kernels.select import KERNELS, use_kernel
-    if not Path(path).exists():
-        raise ValueError(f"--kernels {path}: no such file or folder (expected a kernels.csv of bench kernels)")
+    """Reads and checks the --kernels table before any training, on a CPU too (where no kernel is
+    used, so a junk file would otherwise pass unread), and says which kernels this device will use."""
+    from kernels.select import COLUMNS, KERNELS, use_kernel
+    table = Path(path) / "kernels.csv" if Path(path).is_dir() else Path(path)
+    expected = "expected the kernels.csv that `python -m bench kernels --out DIR` writes"
+    if not table.is_file():
+        where = "no kernels.csv in that folder" if Path(path).is_dir() else "no such file or folder"
+        raise UsageError(f"--kernels {path}: {where} ({expected})")
+    try:
+        columns = set(pd.read_csv(table, nrows=0).columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UsageError(f"--kernels {table}: not a CSV table ({str(error).strip().splitlines()[0]}; {expected})") from None
+    missing = [c for c in COLUMNS if c not in columns]
+    if missing:
+        raise UsageError(f"--kernels {table}: lacks {len(missing)} of the {len(COLUMNS)} columns of a kernels table, "
+                         f"e.g. {', '.join(missing[:3])} ({expected})")
     used = [kernel for kernel in KERNELS if use_kernel(kernel, device, path)]
     print(f"--kernels {path}: " + (f"{', '.join(used)} used where they apply" if used else
                                    f"no kernel beat eager and torch.compile there on {device}; the torch path runs"))

@@ -2,6 +2,7 @@
 
 import argparse
 
+from bench.options import check_new_folder, fraction, positive
 from bench.parent.rundir import run_dir_path
 
 
@@ -9,12 +10,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="compare run directories (hardware setups) variant by variant")
     p.add_argument("runs", nargs="+", help="run directories; ratios are to the first")
     p.add_argument("--out", help="output folder (default runs/compare-<timestamp>)")
-    p.add_argument("--level", type=float, default=0.99, help="bootstrap interval level (default 0.99)")
-    p.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U significance (default 0.01)")
-    p.add_argument("--margin", type=float, default=0.05, help="equivalence margin for 'same' (default 0.05 = 5%%)")
-    p.add_argument("--min-samples", type=int, default=5, help="per-epoch windows needed a side (default 5); "
+    p.add_argument("--level", type=fraction, default=0.99, help="bootstrap interval level (default 0.99)")
+    p.add_argument("--alpha", type=fraction, default=0.01, help="Mann-Whitney U significance (default 0.01)")
+    p.add_argument("--margin", type=fraction, default=0.05, help="equivalence margin for 'same' (default 0.05 = 5%%)")
+    p.add_argument("--min-samples", type=positive, default=5, help="per-epoch windows needed a side (default 5); "
                    "with fewer, the per-step times decide")
-    p.add_argument("--min-steps", type=int, default=30, help="per-step times needed a side (default 30)")
+    p.add_argument("--min-steps", type=positive, default=30, help="per-step times needed a side (default 30)")
     p.add_argument("--price", metavar="KEY=USD_PER_HOUR,...|FILE", type=prices,
                    help="price per hour of each hardware key (or a CSV/JSON file of them): adds dollars per "
                    "million training samples and per network trained to the target")
@@ -31,8 +32,9 @@ def prices(spec: str) -> dict[str, float]:
 
 def run(args) -> int:
     from reports.compare import load_runs, write_compare
-    runs = load_runs(args.runs)
     out = run_dir_path(args.out, "compare-")
+    check_new_folder(out)
+    runs = load_runs(args.runs)
     for path in write_compare(runs, out, level=args.level, alpha=args.alpha, margin=args.margin,
                               min_samples=args.min_samples, min_steps=args.min_steps, prices=args.price):
         print(path)

@@ -15,16 +15,17 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from bench.options import fraction, positive, positive_number
     from reports.gate import ALPHA, MIN_ROUNDS, THRESHOLD
     p = sub.add_parser("gate", help="regression gate on pytest-benchmark JSON (raw rounds)")
     p.add_argument("baseline", help="baseline JSON, or a baselines folder keyed by hardware")
     p.add_argument("current", help="this run's JSON (pytest --benchmark-json PATH)")
-    p.add_argument("--threshold", type=float, default=THRESHOLD, help="slowdown that counts (default 0.10 = 10%%)")
-    p.add_argument("--alpha", type=float, default=ALPHA, help="Mann-Whitney U significance (default 0.002)")
-    p.add_argument("--min-rounds", type=int, default=MIN_ROUNDS, help="rounds needed a side (default 6)")
+    p.add_argument("--threshold", type=positive_number, default=THRESHOLD, help="slowdown that counts (default 0.10 = 10%%)")
+    p.add_argument("--alpha", type=fraction, default=ALPHA, help="Mann-Whitney U significance (default 0.002)")
+    p.add_argument("--min-rounds", type=positive, default=MIN_ROUNDS, help="rounds needed a side (default 6)")
     p.add_argument("--confirm", action="store_true", help="rerun suspect cases interleaved with the baseline commit")
     p.add_argument("--baseline-commit", help="commit to rerun with --confirm (default: the baseline JSON's)")
-    p.add_argument("--reruns", type=int, default=3, help="interleaved reruns per side with --confirm (default 3)")
+    p.add_argument("--reruns", type=positive, default=3, help="interleaved reruns per side with --confirm (default 3)")
     p.add_argument("--summary", help="append the markdown result to this file (e.g. $GITHUB_STEP_SUMMARY)")
 
 

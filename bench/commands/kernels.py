@@ -15,7 +15,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from bench.options import csv_list, positive, resolve_device
+from bench.options import check_new_folder, csv_list, positive, resolve_device
 from kernels.select import KERNELS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -124,6 +124,7 @@ def run(args) -> int:
     from bench.parent.rundir import run_dir_path
     device = resolve_device(args.device)
     out = run_dir_path(args.out, "kernels-")
+    check_new_folder(out)
     if device.type != "cuda":
         note = ("SKIP: no CUDA device. On a CPU Triton runs only through its interpreter "
                 "(TRITON_INTERPRET=1), so a timing would measure the interpreter; the kernels keep the torch path.")

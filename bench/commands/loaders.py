@@ -10,7 +10,8 @@ from tqdm import tqdm
 from bench.parent.datasource import resolve_data, resolve_split
 from bench.instruments import memory
 from bench.instruments.timing import Clock, percentiles
-from bench.options import add_data_args, csv_list, positive, resolve_device
+from bench.errors import UsageError
+from bench.options import add_data_args, check_new_folder, csv_list, non_negative, positive, resolve_device
 from loaders import LOADERS
 from loaders import make_loader
 from loaders.split import stratified_subset
@@ -69,7 +70,7 @@ def add_parser(sub) -> None:
     add_data_args(p)
     p.add_argument("--loader", type=csv_list(str, LOADERS), default=list(LOADERS))
     p.add_argument("--batch-size", type=positive, default=32)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=non_negative, default=2)
     p.add_argument("--epochs", type=positive, default=2, help="timed epochs after the first")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--out", help="run directory (default runs/loaders-<timestamp>)")
@@ -80,9 +81,13 @@ def run(args) -> int:
     from bench.parent.rundir import run_dir_path
     device = resolve_device(args.device)
     run_dir = run_dir_path(args.out, "loaders-")  # made once data resolves
+    check_new_folder(run_dir)
     root, ids = resolve_data(args.data, args.per_class, args.seed)
     split, _ = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
     train_ids = stratified_subset(split["train"], args.subset)
+    if args.batch_size > len(train_ids):
+        raise UsageError(f"--batch-size {args.batch_size}: larger than the {len(train_ids)} training samples timed "
+                         "(every epoch would be empty); choose a smaller batch, or a larger --subset")
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"timing {', '.join(args.loader)} over {args.epochs} epochs of {len(train_ids)} samples, batch "
           f"{args.batch_size}, {args.workers} workers, on {device}; writing {run_dir}")

@@ -3,6 +3,8 @@ several run directories (the shards of `bench all --shard I/N`) and --out, merge
 
 from pathlib import Path
 
+from bench.errors import UsageError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="rebuild report.md, loaders.md and plots from a run directory")
@@ -18,7 +20,7 @@ def run(args) -> None:
     run_dir = merged(args.run_dir, args.out)
     has_results, has_loaders = (run_dir / RESULTS).exists(), (run_dir / LOADERS_CSV).exists()
     if not has_results and not has_loaders:
-        raise SystemExit(f"error: {run_dir} has no {RESULTS} or {LOADERS_CSV} (is it a run directory?)")
+        raise UsageError(f"{run_dir} has no {RESULTS} or {LOADERS_CSV} (is it a run directory?)")
     if has_loaders:
         print(write_loaders_report(run_dir))
     if has_results:

@@ -2,13 +2,15 @@
 
 from pathlib import Path
 
+from bench.options import fraction, seed_value
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("split", help="write a seeded, stratified split JSON")
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="default: DATA/split.json")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=seed_value, default=42)
+    p.add_argument("--val-fraction", type=fraction, default=0.2)
 
 
 def run(args) -> None:

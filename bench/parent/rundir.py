@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.errors import UsageError
 from reports.results import (CURVE_COLUMNS, CURVES, ENV, INFERENCE, INFERENCE_COLUMNS, RESULT_COLUMNS, RESULTS,
                              STEP_COLUMNS, STEPS, append_rows, read_env, read_table, write_env)
 
@@ -69,7 +70,7 @@ def lock(run_dir: Path):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise SystemExit(f"error: {run_dir} is in use by {holder} (lock {run_dir / LOCK}); "
+        raise UsageError(f"{run_dir} is in use by {holder} (lock {run_dir / LOCK}); "
                          "wait for it to finish or choose another --out") from None
     handle.seek(0)
     handle.truncate()
@@ -96,18 +97,18 @@ def open_run_dir(run_dir: Path, settings: dict, env: dict, resume: bool = False,
     if resume:
         recorded = read_env(run_dir).get(SETTINGS_KEY)
         if recorded is None:
-            raise SystemExit(f"error: --resume {run_dir}: no {ENV} with the run's settings there "
+            raise UsageError(f"--resume {run_dir}: no {ENV} with the run's settings there "
                              "(is it a run directory made before run settings were recorded?)")
         changed = differences(recorded, settings)
         if changed:
-            raise SystemExit(f"error: --resume {run_dir}: its rows were made with other settings:\n  "
+            raise UsageError(f"--resume {run_dir}: its rows were made with other settings:\n  "
                              + "\n  ".join(changed) + "\nrun with the recorded settings, or start a new --out")
         held = lock(run_dir)
         drop_unfinished_rows(run_dir)
         return held
     if (run_dir / ENV).exists() or (run_dir / RESULTS).exists():  # other files (a fallback split.json) are no run
         if not force:
-            raise SystemExit(f"error: --out {run_dir} already holds a run; continue it with --resume {run_dir}, "
+            raise UsageError(f"--out {run_dir} already holds a run; continue it with --resume {run_dir}, "
                              "or pass --force to move it aside")
         _move_aside(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
