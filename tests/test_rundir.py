@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bench.parent.rundir import LOCK, code_version, lock, open_run_dir, sigterm_as_interrupt, split_fingerprint
-from reports.results import RESULTS, read_env, read_table
+from reports.results import RESULTS, RunDirError, read_env, read_table
 
 SETTINGS = {"epochs": 3, "profile": "quick", "seed": 42, "data": "abc", "split": "def", "code": "v1"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def test_new_run_records_settings_and_is_resumable_at_once(tmp_path):
 def test_out_on_an_existing_run_is_refused_unless_forced(tmp_path):
     run = tmp_path / "run"
     open_run_dir(run, SETTINGS, {}).close()
-    with pytest.raises(SystemExit, match="already holds a run; continue it with --resume"):
+    with pytest.raises(RunDirError, match="already holds a run; continue it with --resume"):
         open_run_dir(run, SETTINGS, {})
     open_run_dir(run, {**SETTINGS, "epochs": 5}, {}, force=True).close()
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
@@ -54,19 +54,20 @@ def test_resume_with_other_settings_lists_every_difference(tmp_path):
     run = tmp_path / "run"
     open_run_dir(run, SETTINGS, {}).close()
     changed = {**SETTINGS, "epochs": 5, "data": "xyz"}
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(RunDirError) as error:
         open_run_dir(run, changed, {}, resume=True)
     message = str(error.value)
     assert "epochs: run 3, now 5" in message and "data: run 'abc', now 'xyz'" in message and "seed" not in message
     assert read_env(run)["settings"] == SETTINGS
-    with pytest.raises(SystemExit, match="no env.json with the run's settings"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="no env.json with the run's settings"):
         open_run_dir(tmp_path / "empty", SETTINGS, {}, resume=True)
 
 
 def test_a_folder_in_use_is_locked(tmp_path):
     run = tmp_path / "run"
     held = open_run_dir(run, SETTINGS, {})
-    with pytest.raises(SystemExit, match=f"in use by pid {os.getpid()}"):
+    with pytest.raises(RunDirError, match=f"in use by pid {os.getpid()}"):
         open_run_dir(run, SETTINGS, {}, resume=True)
     held.close()  # what the end of the process does
     lock(run).close()

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from bench.parent.datasource import resolve_data, resolve_split
+from bench.parent.datasource import resolve_data, resolve_split, store_split
 from bench.instruments import memory
 from bench.instruments.timing import Clock, percentiles
 from bench.options import add_data_args, csv_list, positive, resolve_device
@@ -81,7 +81,9 @@ def run(args) -> int:
     device = resolve_device(args.device)
     run_dir = run_dir_path(args.out, "loaders-")  # made once data resolves
     root, ids = resolve_data(args.data, args.per_class, args.seed)
-    split, _ = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
+    split, split_path = resolve_split(root, ids, args.split, args.seed)
+    if split_path is None:
+        store_split(split, root, fallback_dir=run_dir)
     train_ids = stratified_subset(split["train"], args.subset)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"timing {', '.join(args.loader)} over {args.epochs} epochs of {len(train_ids)} samples, batch "

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from bench.config import RunConfig, RunContext
 from bench.distributed import broadcast_from_rank0, is_rank0
+from bench.parent.rundir import row_stamp, timestamp
 from bench.worker.runner import failed_row, measure
 from bench.variants import Variant
 from loaders.dataset import DatasetError
@@ -41,20 +42,22 @@ def run_matrix(variants: list[Variant], cfg: RunConfig, run_dir: Path, fingerpri
         for seed, variant in tqdm(todo, desc="variants", unit="variant", disable=not (cfg.progress and writer)):
             seed_cfg = replace(cfg, seed=seed)
             run_keys = {"seed": seed, "world_size": cfg.world_size}
+            started_at = timestamp()
             try:
                 result = measure(variant, seed_cfg, ctx)
             except (Exception, torch.OutOfMemoryError) as error:  # one broken variant must not end the run
                 failures += 1
                 if writer:
                     tqdm.write(f"{variant.name} seed {seed} failed: {type(error).__name__}: {error}")
-                    append_rows(run_dir / RESULTS, [{**failed_row(variant, error), **run_keys, **fingerprint}],
-                                RESULT_COLUMNS)
+                    append_rows(run_dir / RESULTS, [{**failed_row(variant, error), **run_keys, **fingerprint,
+                                                     **row_stamp(started_at)}], RESULT_COLUMNS)
                 if isinstance(error, DatasetError):  # broken data fails every variant alike: stop at the first
                     raise
                 _free_memory(cfg)
                 continue
             if writer:
-                _write_result(result, run_dir, fingerprint, ctx, seed if len(seeds) > 1 else None)
+                _write_result(result, run_dir, {**fingerprint, **row_stamp(started_at)}, ctx,
+                              seed if len(seeds) > 1 else None)
     finally:
         if writer:
             if ctx.sampler is not None:
