@@ -66,11 +66,14 @@ def timestamp() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+PROCESS_STARTED = datetime.now()  # names this process's session (imported as a run begins)
+
+
 @functools.cache
 def session() -> dict:
     """The columns naming the process that writes a row and its code, the same on all its rows:
     rows of a resumed run differ here from those of the first process."""
-    return {"session": f"{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}", "code_version": code_version()}
+    return {"session": f"{PROCESS_STARTED:%Y%m%d-%H%M%S}-{os.getpid()}", "code_version": code_version()}
 
 
 def row_stamp(started_at: str) -> dict:
