@@ -17,7 +17,7 @@ from reports.robustness_report import ROBUSTNESS, write_robustness_plot  # noqa:
 NVML = "nvml.csv"
 
 
-def save_figure(fig, path: Path) -> Path:
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     try:
         return write_png(fig, path)
@@ -48,7 +48,7 @@ def grouped_bars(table: pd.DataFrame, xlabel: str, path: Path, errors: pd.DataFr
     _log_if_wide(ax, table.to_numpy())
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def plot_throughput(ok: pd.DataFrame, path: Path) -> Path:
@@ -72,7 +72,7 @@ def plot_accuracy_vs_throughput(ok: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("validation accuracy %")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def variant_starts(nvml: pd.DataFrame) -> list[tuple[float, str]]:
@@ -107,7 +107,7 @@ def plot_nvml(nvml: pd.DataFrame, path: Path) -> Path:
             ax.axvline(time, color="grey", lw=0.6, ls="--")
         power.annotate(name, (time, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
                        va="top", ha="right", bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1})
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
@@ -122,7 +122,7 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("validation accuracy %")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def plot_leaderboard(board: pd.DataFrame, label: str, path: Path) -> Path:

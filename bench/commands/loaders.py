@@ -15,7 +15,7 @@ from loaders import LOADERS
 from loaders import make_loader
 from loaders.split import stratified_subset
 from reports.loaders_report import with_ratio, write_loaders_report
-from reports.results import LOADER_COLUMNS, LOADERS_CSV, append_rows
+from reports.results import LOADER_COLUMNS, LOADERS_CSV, append_rows, write_atomically
 
 
 def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: torch.device, epochs: int,
@@ -99,6 +99,6 @@ def run(args) -> int:
             print(f"{kind}: failed: {row['error']}")
         rows.append(row)
         append_rows(run_dir / LOADERS_CSV, [row], LOADER_COLUMNS)
-    with_ratio(pd.DataFrame(rows)).to_csv(run_dir / LOADERS_CSV, index=False)
+    write_atomically(run_dir / LOADERS_CSV, with_ratio(pd.DataFrame(rows)).to_csv(index=False))
     print(write_loaders_report(run_dir).read_text())
     return 1 if failures else 0
