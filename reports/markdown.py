@@ -186,8 +186,9 @@ def status_lines(run_dir: Path, results: pd.DataFrame) -> list[str]:
     plan = read_plan(run_dir)
     done = set()
     if not results.empty:
-        seeds = pd.to_numeric(results.get("seed"), errors="coerce")
-        worlds = pd.to_numeric(results.get("world_size"), errors="coerce")
+        unknown = pd.Series(float("nan"), index=results.index)  # a row without the column matches no plan entry
+        seeds = pd.to_numeric(results.get("seed", unknown), errors="coerce")
+        worlds = pd.to_numeric(results.get("world_size", unknown), errors="coerce")
         done = set(zip(results["variant"].astype(str), seeds, worlds))
     missing = [r for r in plan if (str(r["variant"]), r.get("seed"), r.get("world_size")) not in done]
     if not missing:
@@ -229,7 +230,7 @@ def noise_section(ok: pd.DataFrame, curves: pd.DataFrame) -> str:
     if not curves.empty and "train_samples_per_s" in curves:
         curves = curves[curves["variant"].isin(ok["variant"])]
         keys = ["variant", "seed"] if "seed" in curves else ["variant"]
-        for key, group in curves.groupby(keys, sort=False, dropna=False):
+        for _, group in curves.groupby(keys, sort=False, dropna=False):
             rate = pd.to_numeric(group["train_samples_per_s"], errors="coerce").dropna()
             rate = rate[rate > 0]
             if len(rate) > 1:
