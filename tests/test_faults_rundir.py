@@ -44,12 +44,13 @@ def _clean_up():
 # ---------------------------------------------------------------- building blocks
 
 def data(tmp: Path) -> Path:
-    """A tiny valid dataset (noise images), enough for the data check that precedes a run."""
-    return write_dataset(tmp / "data", per_class=10)
+    """A tiny valid dataset (noise images): 32 train and 8 val samples, enough for batch 4 and
+    the data check that precedes a run."""
+    return write_dataset(tmp / "data", per_class=20)
 
 
 def all_argv(tmp: Path, *extra) -> list[str]:
-    return ["all", "--data", data(tmp), "--arch", "add", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+    return ["all", "--data", data(tmp), "--arch", "add", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
             "--no-progress", "--profile", "quick", *extra]
 
 
