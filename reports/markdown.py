@@ -199,8 +199,9 @@ def status_lines(run_dir: Path, results: pd.DataFrame) -> list[str]:
     if holder:
         return [f"**In progress**: {holder} is still running; {len(missing)} of the {len(plan)} planned runs have "
                 f"no row yet: {names}.", ""]
-    return [f"**Interrupted**: the run stopped before {len(missing)} of its {len(plan)} planned runs, which have no "
-            f"row: {names}. `python -m bench all --resume {run_dir}` with the run's options runs them.", ""]
+    return [f"**Interrupted**: {len(missing)} of the {len(plan)} planned runs have no row (the run stopped before "
+            f"them, or a damaged row was dropped): {names}. `python -m bench all --resume {run_dir}` with the run's "
+            "options runs them.", ""]
 
 
 def sessions_section(results: pd.DataFrame) -> str:

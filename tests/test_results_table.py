@@ -251,7 +251,8 @@ def stamped(variant, session, start, code="abc1234"):
 
 def test_the_report_names_the_planned_runs_without_a_row(tmp_path):
     report = report_of(tmp_path / "run", [ok_row(THREE[0]), {**ok_row(THREE[1]), "status": "failed"}], plan=THREE)
-    assert f"**Interrupted**: the run stopped before 1 of its 3 planned runs, which have no row: {THREE[2].name}." in report
+    assert f"**Interrupted**: 1 of the 3 planned runs have no row (the run stopped before them, or a damaged row " \
+           f"was dropped): {THREE[2].name}." in report
     assert f"--resume {tmp_path / 'run'}" in report
     assert "Interrupted" not in report_of(tmp_path / "done", [ok_row(v) for v in THREE], plan=THREE)
 
