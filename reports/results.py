@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,22 @@ def _checked_lines(path: Path, data: bytes) -> tuple[str, list[str]]:
         warnings.warn(f"{path} line {len(lines) + 1}: dropped a torn last line ({len(torn.encode())} bytes, a row "
                       f"cut off by a crash){after}", TableWarning, stacklevel=3)
     return lines[0] + "\n", good
+
+
+@contextlib.contextmanager
+def table_warnings_as_lines():
+    """Within it, each dropped row is printed once to stderr as `warning: FILE line N: ...` (not
+    Python's warning format with a source line; several readers meet the same row)."""
+    seen = set()
+
+    def show(message, category, *args, **kwargs):
+        if str(message) not in seen:
+            seen.add(str(message))
+            print(f"warning: {message}", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TableWarning)
+        warnings.showwarning = show
+        yield
 
 
 def _rows_text(rows: list[dict], columns: list[str], header: bool) -> str:

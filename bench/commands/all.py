@@ -48,8 +48,10 @@ def run(args) -> int:
         raise SystemExit("error: --scaling needs --nproc N with N >= 2 (it compares N processes with one)")
     if args.nproc and not job.enabled:  # not under torchrun yet: start it
         return _launch(args)
+    from reports.results import table_warnings_as_lines
     try:
-        return _run(args, job)
+        with table_warnings_as_lines():  # a damaged row read by --resume: one line naming file and line
+            return _run(args, job)
     finally:
         distributed.shutdown()
 
