@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.results import LOADER_COLUMNS, LOADERS_CSV, read_table
+from reports.results import LOADER_COLUMNS, LOADERS_CSV, read_table, write_atomically
 
 SHOWN = ["loader", "form", "samples_per_s", "ratio_to_torch", "batch_ms_p50", "batch_ms_p99", "first_epoch_s",
          "host_peak_rss_mb", "torch_device_peak_mb", "status"]
@@ -39,6 +39,4 @@ def write_loaders_report(run_dir: str | Path) -> Path:
     failed = table[table["status"] != "ok"]
     if not failed.empty:
         lines += ["## Failed loaders", "", failed[["loader", "error"]].fillna("").to_markdown(index=False), ""]
-    path = run_dir / "loaders.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_atomically(run_dir / "loaders.md", "\n".join(lines))

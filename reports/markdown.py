@@ -5,10 +5,14 @@ from pathlib import Path
 import pandas as pd
 
 from reports.intervals import seeds_section
-from reports.results import CURVES, INFERENCE, RESULTS, read_env, read_table
+from reports.results import CURVES, INFERENCE, RESULTS, lock_holder, read_env, read_plan, read_table, write_atomically
 from reports.robustness_report import ROBUSTNESS, robustness_section
 
 MEMORY_LABELS = {"cuda_max_allocated": "peak mem MB (CUDA max allocated)", "process_peak_rss": "peak mem MB (process peak RSS)"}
+# Above this coefficient of variation of the per-epoch steady samples/s a variant's speed is
+# called noisy: it is bench compare's default equivalence margin (5 %), so a spread past it
+# hides differences compare would call real.
+NOISE_CV = 0.05
 
 
 def _fmt(table: pd.DataFrame, digits: dict) -> pd.DataFrame:
@@ -40,7 +44,9 @@ def seed_table(ok: pd.DataFrame) -> str:
         table = group[["variant", *(["seed"] if _several(ok, "seed") else []), "epochs", "val_loss", "accuracy", "params", "sec_per_epoch", "peak_mem_mb", *nvml]].rename(
             columns={"accuracy": "accuracy %", "sec_per_epoch": "sec/epoch", "peak_mem_mb": label,
                      "nvml_mem_peak_mb": NVML_MEMORY_LABEL})
-        table = _fmt(table, {"val_loss": 6, "accuracy %": 2, "params": 0, "sec/epoch": 2, label: 1, NVML_MEMORY_LABEL: 0})
+        table.insert(table.columns.get_loc("accuracy %") + 1, "val scored", scored_samples(group))
+        table = _fmt(table, {"val_loss": 6, "accuracy %": 2, "val scored": 0, "params": 0, "sec/epoch": 2, label: 1,
+                             NVML_MEMORY_LABEL: 0})
         parts.append(table.to_markdown(index=False))
     return "\n\n".join(parts)
 
@@ -61,6 +67,15 @@ MFU_NOTE = ("MFU % per GPU: the network's logical training FLOPs per sample (cou
             "ranks' samples/s over the number of GPUs) / that GPU's dense peak at the variant's precision.")
 
 
+def scored_samples(ok: pd.DataFrame) -> pd.Series:
+    """Validation samples each row scored: whole batches only (the loader drops the last partial
+    batch, as the seed's did), per rank's equal shard under torchrun. Batch 8 on 10 scores 8."""
+    world = pd.to_numeric(ok.get("world_size", pd.Series(1, index=ok.index)), errors="coerce").fillna(1).astype(int)
+    per_rank = pd.to_numeric(ok["val_samples"], errors="coerce") // world
+    batch = pd.to_numeric(ok["batch_size"], errors="coerce")
+    return world * (per_rank // batch * batch)
+
+
 def speed_table(ok: pd.DataFrame) -> str:
     table = pd.DataFrame({
         "variant": ok["variant"],
@@ -73,7 +88,7 @@ def speed_table(ok: pd.DataFrame) -> str:
         "p90": ok["step_ms_p90"],
         "p99": ok["step_ms_p99"],
         "data wait %": 100 * ok["data_wait_share"],
-        "compile s": ok["compile_s"],
+        "compile s": ok["compile_s"].where(ok["compile_mode"] != "none"),  # eager: nothing compiles
         "infer samples/s": ok["infer_samples_per_s"],
         f"time to {ok['target_acc'].iloc[0]:g}% s": ok["time_to_target_s"],
         "MFU % per GPU": 100 * mfu_per_gpu(ok),
@@ -245,11 +260,92 @@ def scaling_table(ok: pd.DataFrame) -> str:
     return _fmt(table, {"train samples/s": 0, "one process samples/s": 0, "scaling efficiency": 2}).to_markdown(index=False)
 
 
+def _run_label(run: dict, several_seeds: bool, several_worlds: bool) -> str:
+    return (str(run["variant"]) + (f" seed {run.get('seed')}" if several_seeds else "")
+            + (f" on {run.get('world_size')} processes" if several_worlds else ""))
+
+
+def status_lines(run_dir: Path, results: pd.DataFrame) -> list[str]:
+    """What of the planned runs (plan.json) has no row: still to come while another process
+    holds the run's lock, else the run was interrupted (or stopped on an error) before them."""
+    plan = read_plan(run_dir)
+    done = set()
+    if not results.empty:
+        unknown = pd.Series(float("nan"), index=results.index)  # a row without the column matches no plan entry
+        seeds = pd.to_numeric(results.get("seed", unknown), errors="coerce")
+        worlds = pd.to_numeric(results.get("world_size", unknown), errors="coerce")
+        done = set(zip(results["variant"].astype(str), seeds, worlds))
+    missing = [r for r in plan if (str(r["variant"]), r.get("seed"), r.get("world_size")) not in done]
+    if not missing:
+        return []
+    names = ", ".join(_run_label(r, len({p.get("seed") for p in plan}) > 1, len({p.get("world_size") for p in plan}) > 1)
+                      for r in missing)
+    holder = lock_holder(run_dir)
+    if holder:
+        return [f"**In progress**: {holder} is still running; {len(missing)} of the {len(plan)} planned runs have "
+                f"no row yet: {names}.", ""]
+    return [f"**Interrupted**: {len(missing)} of the {len(plan)} planned runs have no row (the run stopped before "
+            f"them, or a damaged row was dropped): {names}. `python -m bench all --resume {run_dir}` with the run's "
+            "options runs them.", ""]
+
+
+def sessions_section(results: pd.DataFrame) -> str:
+    """Which process made which rows, with its code version and times: more than one process
+    means the run was resumed, and the reader sees which rows came later and from what code."""
+    if "session" not in results or results["session"].isna().all():
+        return ""
+    rows = results.assign(session=results["session"].fillna("(not recorded)"))
+    table = pd.DataFrame([{"session": session, "code version": group["code_version"].iloc[0],
+                           "first started (UTC)": group["started_at"].min(), "last finished (UTC)": group["finished_at"].max(),
+                           "rows": len(group), "variants": ", ".join(group["variant"].astype(str))}
+                          for session, group in rows.groupby("session", sort=False)])
+    table = table.sort_values("first started (UTC)", kind="stable")
+    if len(table) == 1:
+        first = table.iloc[0]
+        return (f"Every row comes from one process (session `{first['session']}`, code {first['code version']}, "
+                f"{first['first started (UTC)']} to {first['last finished (UTC)']} UTC).\n")
+    return (f"## Sessions\n\nThe rows come from {len(table)} processes: the run was resumed. Rows of a later "
+            "session were measured at another time (the machine's load and clocks may differ).\n\n"
+            + table.to_markdown(index=False) + "\n")
+
+
+def noise_section(ok: pd.DataFrame, curves: pd.DataFrame) -> str:
+    """The spread of each variant's steady samples/s between its timed epochs (all repeats), and
+    a warning where it passes NOISE_CV: differences smaller than that are this machine's noise."""
+    rows = []
+    if not curves.empty and "train_samples_per_s" in curves:
+        curves = curves[curves["variant"].isin(ok["variant"])]
+        keys = ["variant", "seed"] if "seed" in curves else ["variant"]
+        for _, group in curves.groupby(keys, sort=False, dropna=False):
+            rate = pd.to_numeric(group["train_samples_per_s"], errors="coerce").dropna()
+            rate = rate[rate > 0]
+            if len(rate) > 1:
+                rows.append({"variant": group["variant"].iloc[0], "seed": group.get("seed", pd.Series([""])).iloc[0],
+                             "timed epochs": len(rate), "samples/s mean": rate.mean(),
+                             "CV %": 100 * rate.std(ddof=1) / rate.mean(), "max/min": rate.max() / rate.min()})
+    if not rows:
+        return ("Noise: every variant has one timed epoch, so the spread of its speed on this machine is not "
+                "measured; `--epochs 3` or `--repeats 3` measures it.\n")
+    table = pd.DataFrame(rows)
+    if not _several(table, "seed"):
+        table = table.drop(columns="seed")
+    noisy = table[table["CV %"] > 100 * NOISE_CV]
+    text = (f"Spread of the steady training samples/s between timed epochs (and repeats): coefficient of variation "
+            f"(std / mean) and max/min. Above {100 * NOISE_CV:g} % (the margin within which `bench compare` calls "
+            "two runs the same) differences of that size between variants are this machine's noise.\n\n")
+    if not noisy.empty:
+        text += (f"**Noisy**: {len(noisy)} of {len(table)} variants spread more than {100 * NOISE_CV:g} % "
+                 f"(up to {noisy['CV %'].max():.1f} %, max/min {noisy['max/min'].max():.2f}): "
+                 f"{', '.join(dict.fromkeys(noisy['variant']))}. Rerun on an idle machine before trusting "
+                 "their speed differences.\n\n")
+    return text + _fmt(table, {"samples/s mean": 0, "CV %": 1, "max/min": 2}).to_markdown(index=False) + "\n"
+
+
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     results = read_table(run_dir / RESULTS)
     env = read_env(run_dir)
-    lines = [f"# fusionbench run {run_dir.name}", ""]
+    lines = [f"# fusionbench run {run_dir.name}", "", *status_lines(run_dir, results)]
     if env:
         lines += [f"Hardware `{env.get('hardware', '')}`: {env.get('gpu_name') or env.get('cpu_model', '')}; "
                   f"torch {env.get('torch', '')}, CUDA {env.get('cuda') or 'n/a'}, DALI {env.get('dali') or 'not installed'}, "
@@ -263,13 +359,17 @@ def write_report(run_dir: str | Path) -> Path:
         failed = results[results["status"] != "ok"]
         if not ok.empty:
             first = ok.iloc[0]
+            partial = (scored_samples(ok) < pd.to_numeric(ok["val_samples"], errors="coerce")).any()
             lines += [f"{len(ok)} variants, {int(first['epochs'])} epochs on {int(first['train_samples'])} training and "
-                      f"{int(first['val_samples'])} validation samples.", "",
+                      f"{int(first['val_samples'])} validation samples"
+                      + (": validation scores whole batches (the last partial one is dropped, as in the seed), so each "
+                         "row's accuracy is over its `val scored` samples and moves in steps of 100 / that %."
+                         if partial else "."), "",
                       "## Seed comparison", "", seed_table(ok), "",
                       "## Speed", "", "Throughput and step latency exclude warm-up and compilation; data wait is "
                       "the share of each step spent waiting for the loader. Harness efficiency is the row's samples/s "
                       "over a plain PyTorch loop's with the same model settings on one fixed batch on the device.",
-                      "", speed_table(ok), ""]
+                      "", speed_table(ok), "", noise_section(ok, read_table(run_dir / CURVES, key=None))]
             seed_pipeline = seed_pipeline_table(ok)
             if seed_pipeline:
                 lines += ["## Speed-up over the seed's way of training", "",
@@ -300,8 +400,9 @@ def write_report(run_dir: str | Path) -> Path:
                       .to_markdown(index=False), ""]
         if not failed.empty:
             lines += ["## Failed variants", "", failed[["variant", "error"]].to_markdown(index=False), ""]
+        sessions = sessions_section(results)
+        if sessions:
+            lines += [sessions]
     if (run_dir / CURVES).exists():
         lines += ["Per-epoch curves: `curves.csv`. Plots: `plots/`."]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_atomically(run_dir / "report.md", "\n".join(lines) + "\n")

@@ -11,18 +11,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from reports.results import CURVES, RESULTS, read_table  # noqa: E402
+from reports.results import CURVES, RESULTS, read_table, write_png  # noqa: E402
 from reports.robustness_report import ROBUSTNESS, write_robustness_plot  # noqa: E402
 
 NVML = "nvml.csv"
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return write_png(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _log_if_wide(ax, values) -> None:

@@ -1,18 +1,24 @@
-"""The run directory's tables: fixed CSV schemas, appended one row at a time.
+"""The run directory's files: fixed CSV schemas, env.json and plan.json, each written atomically.
 
-Rows are appended and flushed as each variant finishes, so an interrupted run keeps everything
-it completed; readers keep the last row per variant, so a resumed run can re-run a failure.
-A row is one line written whole with its newline: a file that does not end in a newline was
-cut mid-row (a crash, a full disk), and its torn last line is dropped with a warning when read
-and cut off before the next append, so the variant counts as not done and --resume re-runs it.
+Rows are added as each variant finishes, so an interrupted run keeps everything it completed;
+readers keep the last row per variant, so a resumed run can re-run a failure. Every file is
+replaced whole (a temporary file beside it, flushed to disk, renamed over it), so a full disk or
+a kill leaves the last good version, never a cut one. A row is one line of the file, and every
+row is checked when read (its field count, its numbers, its status): a row that fails is
+dropped with a warning naming the file and line, so its variant counts as not done and
+--resume runs it again.
 """
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import math
 import os
+import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +42,7 @@ RESULT_COLUMNS = SETTINGS + [
     "val_energy_j_pm", "phase_energy_j", "phase_energy_j_pm", "j_to_target", "j_to_target_pm",
     "throttled_share", "throttled",
     "samples_trained", "kernels", "note",
+    "started_at", "finished_at", "code_version", "session",  # when and by which process and code the row was made
 ] + FINGERPRINT
 CURVE_COLUMNS = ["variant", "seed", "repeat", "epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_s", "eval_s",
                  "train_samples_per_s", "elapsed_s"]
@@ -56,6 +63,83 @@ RESULTS, CURVES, INFERENCE, LOADERS_CSV, ENV = "results.csv", "curves.csv", "inf
 STEPS = "steps.csv"
 
 
+RUN_KEYS = ("seed", "world_size")  # with the variant, what makes a results row one training run
+PLAN, LOCK = "plan.json", "run.lock"
+STATUSES = ("ok", "failed")
+
+
+class RunDirError(ValueError):
+    """A run-directory file that cannot be read or written: one line naming it (bench exits 2)."""
+
+
+class TableWarning(UserWarning):
+    """A row of a run table that cannot be trusted: dropped when read."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a table's rows must hold: `required` columns (a header without them is another
+    file's) and `numeric` columns whose non-empty cells must parse as numbers."""
+    required: tuple[str, ...]
+    numeric: frozenset[str]
+
+
+SCHEMAS = {
+    RESULTS: Schema(("variant", "status"), frozenset({
+        "batch_size", "seed", "world_size", "epochs", "repeats", "train_samples", "val_samples", "params",
+        "val_loss", "accuracy", "sec_per_epoch", "first_epoch_s", "train_samples_per_s", "train_samples_per_s_std",
+        "step_ms_p50", "step_ms_p90", "step_ms_p99", "compile_s", "target_acc", "time_to_target_s",
+        "peak_mem_mb", "energy_j", "samples_per_j"})),
+    CURVES: Schema(("variant", "epoch"), frozenset({"seed", "repeat", "epoch", "train_loss", "val_loss", "accuracy",
+                                                    "epoch_s", "train_samples_per_s"})),
+    INFERENCE: Schema(("variant", "batch_size"), frozenset({"seed", "batch_size", "samples_per_s", "ms_p50"})),
+    LOADERS_CSV: Schema(("loader", "status"), frozenset({"batch_size", "samples", "samples_per_s"})),
+}
+
+
+def write_atomically(path: str | Path, data: str | bytes) -> Path:
+    """Replaces `path` whole or not at all: a temporary file in the same folder, flushed to disk,
+    renamed over it. A full disk or a read-only folder is a RunDirError naming the file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden; same folder, so the rename is atomic
+    try:
+        with temporary.open("wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        folder = os.open(path.parent, os.O_RDONLY)  # the rename itself reaches the disk
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
+    return path
+
+
+def write_png(fig, path: str | Path) -> Path:
+    """A matplotlib figure as a PNG, rendered in memory and written atomically: a full disk
+    leaves the previous plot (or none), never a 0-byte one."""
+    path = Path(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
+    return write_atomically(path, png.getvalue())
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise RunDirError(f"cannot read {path}: {error.strerror or error}") from None
+
+
 def _cell(value):
     """A CSV cell: NaN and None empty, text on one line (a row is exactly one line of the file)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -65,58 +149,115 @@ def _cell(value):
     return value
 
 
-def _complete_bytes(data: bytes, path: Path) -> bytes:
-    """`data` up to its last newline; a torn last line is dropped with a warning naming the file."""
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        warnings.warn(f"{path}: dropped a torn last line ({len(data) - end} bytes, a row cut off by a crash); "
-                      "its variant counts as not done", stacklevel=3)
-    return data[:end]
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _row_problem(fields: list[str], header: list[str], schema: Schema | None) -> str | None:
+    """Why a row cannot be trusted, or None: a field count other than the header's (a row cut
+    or joined), text in a numeric column, a status other than ok or failed."""
+    if len(fields) != len(header):
+        return f"{len(fields)} fields where the header has {len(header)} (a cut or damaged row)"
+    cells = dict(zip(header, fields))
+    for column in header:
+        if schema and column in schema.numeric and cells[column] and not _is_number(cells[column]):
+            return f"{column} is {cells[column]!r}, not a number"
+    if schema and "status" in schema.required and cells["status"] not in STATUSES:
+        return f"status {cells['status']!r} is not one of {', '.join(STATUSES)}"
+    return None
+
+
+def _checked_lines(path: Path, data: bytes) -> tuple[str, list[str]]:
+    """(header line, the rows that pass every check), each line with its newline. A header
+    without the schema's required columns is a RunDirError; a bad row a TableWarning naming its
+    line (numbered from 1, the header), then dropped."""
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    torn = lines.pop()  # the text after the last newline: empty unless the file was cut mid-line
+    if not lines:
+        if torn:
+            warnings.warn(f"{path}: dropped a torn last line ({len(torn)} bytes, the header cut off)", TableWarning,
+                          stacklevel=3)
+        return "", []
+    header = next(csv.reader([lines[0]]))
+    schema = SCHEMAS.get(path.name)
+    missing = [c for c in (schema.required if schema else ()) if c not in header]
+    if missing:
+        raise RunDirError(f"{path}: not a fusionbench {path.name} (its header has no column {', '.join(missing)})")
+    after = " (its variant counts as not done: --resume runs it again)" if path.name == RESULTS else ""
+    good = []
+    for number, line in enumerate(lines[1:], start=2):
+        problem = _row_problem(next(csv.reader([line]), []), header, schema)
+        if problem:
+            warnings.warn(f"{path} line {number}: {problem}; row dropped{after}", TableWarning, stacklevel=3)
+        else:
+            good.append(line + "\n")
+    if torn:
+        warnings.warn(f"{path} line {len(lines) + 1}: dropped a torn last line ({len(torn.encode())} bytes, a row "
+                      f"cut off by a crash){after}", TableWarning, stacklevel=3)
+    return lines[0] + "\n", good
+
+
+@contextlib.contextmanager
+def table_warnings_as_lines():
+    """Within it, each dropped row is printed once to stderr as `warning: FILE line N: ...` (not
+    Python's warning format with a source line; several readers meet the same row)."""
+    seen = set()
+
+    def show(message, category, *args, **kwargs):
+        if str(message) not in seen:
+            seen.add(str(message))
+            print(f"warning: {message}", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TableWarning)
+        warnings.showwarning = show
+        yield
+
+
+def _rows_text(rows: list[dict], columns: list[str], header: bool) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows({k: _cell(row.get(k)) for k in columns} for row in rows)
+    return text.getvalue()
 
 
 def append_rows(path: str | Path, rows: list[dict], columns: list[str]) -> None:
-    """Appends rows (header first if the file is new) in one write, then flushes them to disk;
-    a torn last line is cut off first so the new rows never join it. A key outside the schema is a bug."""
+    """Adds rows (header first if the file is new) by rewriting the file atomically: the rows
+    already there that pass the checks, then the new ones. A key outside the schema is a bug."""
     path = Path(path)
     for row in rows:
         unknown = set(row) - set(columns)
         if unknown:
             raise KeyError(f"{path.name}: columns {sorted(unknown)} are not in the schema")
-    size = path.stat().st_size if path.exists() else 0
-    complete = size
-    if size:
-        with path.open("rb") as f:
-            f.seek(size - 1)
-            if f.read(1) != b"\n":  # torn: only then is the whole file read
-                complete = len(_complete_bytes(path.read_bytes(), path))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    if complete == 0:
-        writer.writeheader()
-    writer.writerows({k: _cell(row.get(k)) for k in columns} for row in rows)
-    with path.open("r+b" if size else "wb") as f:
-        f.truncate(complete)
-        f.seek(complete)
-        f.write(text.getvalue().encode())
-        f.flush()
-        os.fsync(f.fileno())
+    header, kept = _checked_lines(path, _read_bytes(path)) if path.exists() else ("", [])
+    if header and next(csv.reader([header])) != columns:
+        raise RunDirError(f"{path}: its columns are not this fusionbench's {path.name} columns "
+                          "(written by another version?); write to a new --out")
+    write_atomically(path, header + "".join(kept) + _rows_text(rows, columns, header=not header))
 
 
-RUN_KEYS = ("seed", "world_size")  # with the variant, what makes a results row one training run
+def write_rows(path: str | Path, rows: list[dict], columns: list[str]) -> None:
+    """Replaces the table at `path` with these rows, atomically."""
+    write_atomically(path, _rows_text(rows, columns, header=True))
 
 
 def read_table(path: str | Path, key: str | None = "variant") -> pd.DataFrame:
-    """A run table without a torn last line; with a key, the last row of each key wins (a
-    resumed run re-ran it). The variant key also takes the seed and world size where the table
-    has them (run folders from before --seeds have neither: one row per variant)."""
+    """A run table of the rows that pass the checks; with a key, the last row of each key wins
+    (a resumed run re-ran it). The variant key also takes the seed and world size where the
+    table has them (run folders from before --seeds have neither: one row per variant)."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    data = _complete_bytes(path.read_bytes(), path)
-    if data.count(b"\n") < 2:  # no row (or not even a whole header)
-        header = data.decode().strip()
-        return pd.DataFrame(columns=header.split(",") if header else None)
-    table = pd.read_csv(io.BytesIO(data))
+    header, rows = _checked_lines(path, _read_bytes(path))
+    if not rows:
+        columns = next(csv.reader([header])) if header.strip() else None
+        return pd.DataFrame(columns=columns)
+    table = pd.read_csv(io.StringIO(header + "".join(rows)))
     if key and key in table:
         keys = [key] + [k for k in RUN_KEYS if key == "variant" and k in table]
         table = table.drop_duplicates(keys, keep="last").reset_index(drop=True)
@@ -145,9 +286,56 @@ def done_runs(run_dir: str | Path, default_seed: int) -> set[tuple[str, int, int
 
 
 def write_env(run_dir: str | Path, env: dict) -> None:
-    (Path(run_dir) / ENV).write_text(json.dumps(env, indent=2))
+    write_atomically(Path(run_dir) / ENV, json.dumps(env, indent=2))
+
+
+def read_json_object(path: Path) -> dict | None:
+    """The JSON object in `path` (None when there is no file); anything else is a RunDirError naming it."""
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(_read_bytes(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunDirError(f"{path}: not valid JSON ({error}); the file is damaged") from None
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 def read_env(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / ENV
-    return json.loads(path.read_text()) if path.exists() else {}
+    """env.json as a dict ({} when there is none); damaged or not an object: a RunDirError."""
+    return read_json_object(Path(run_dir) / ENV) or {}
+
+
+def write_plan(run_dir: str | Path, runs: list[dict]) -> None:
+    """plan.json: the (variant, seed, world_size) runs the run set out to make, so a report can
+    name the ones without a row. A resume adds its own to those already planned."""
+    planned = read_plan(run_dir)
+    planned += [run for run in runs if run not in planned]
+    write_atomically(Path(run_dir) / PLAN, json.dumps({"runs": planned}, indent=1))
+
+
+def read_plan(run_dir: str | Path) -> list[dict]:
+    """The planned runs ([] for a run folder from before plans were recorded)."""
+    path = Path(run_dir) / PLAN
+    runs = (read_json_object(path) or {}).get("runs", [])
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "variant" in r for r in runs):
+        raise RunDirError(f"{path}: expected {{\"runs\": [{{\"variant\": ..., \"seed\": ..., \"world_size\": ...}}]}}")
+    return runs
+
+
+def lock_holder(run_dir: str | Path) -> str | None:
+    """Who holds run_dir/run.lock ("pid N on host"), None when no other process does: a report
+    written while another process still runs says so instead of calling the run interrupted."""
+    path = Path(run_dir) / LOCK
+    try:
+        handle = path.open("r")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "another process"
+            return None if holder.startswith(f"pid {os.getpid()} ") else holder
+        return None

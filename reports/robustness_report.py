@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reports.intervals import interval  # noqa: E402
+from reports.results import write_png  # noqa: E402
 
 ROBUSTNESS = "robustness.csv"
 ROBUSTNESS_COLUMNS = ["variant", "seed", "condition", "level", "accuracy", "val_loss", "samples"]
@@ -99,9 +100,7 @@ def write_robustness_plot(table: pd.DataFrame, out_dir: str | Path) -> Path:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "robustness.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return write_png(fig, Path(out_dir) / "robustness.png")
+    finally:
+        plt.close(fig)

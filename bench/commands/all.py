@@ -61,8 +61,10 @@ def run(args) -> int:
                          "(--isolate): a variant in this process cannot be stopped")
     if args.nproc and not job.enabled:  # not under torchrun yet: start it
         return _launch_isolated(args) if isolate else _launch(args)
+    from reports.results import table_warnings_as_lines
     try:
-        return _run(args, job, _isolation(args, 1) if isolate else None)
+        with table_warnings_as_lines():  # a damaged row read by --resume: one line naming file and line
+            return _run(args, job, _isolation(args, 1) if isolate else None)
     finally:
         distributed.shutdown()
 
@@ -163,16 +165,17 @@ def _device(args, job) -> torch.device:
     return init(job, kind)
 
 
-def _data(args, run_dir: Path, rank0: bool):
-    """(root, split, split path): rank 0 alone finds or generates the data and split (one writer),
-    the other ranks receive them (torchrun's nodes must see the same --data path)."""
+def _data(args, rank0: bool):
+    """(root, split, split path or None for a new split, saved after the data check): rank 0
+    alone finds or generates the data and split (one writer), the other ranks receive them
+    (torchrun's nodes must see the same --data path)."""
     from bench.parent.datasource import resolve_data, resolve_split
     from bench.distributed import broadcast_from_rank0
     found = None
     if rank0:
         root, ids = resolve_data(args.data, args.per_class, args.seed, progress=not args.no_progress)
-        split, split_path = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
-        found = (str(root), split, str(split_path))
+        split, split_path = resolve_split(root, ids, args.split, args.seed)
+        found = (str(root), split, split_path and str(split_path))
     return broadcast_from_rank0(found)
 
 
@@ -199,7 +202,7 @@ def _run(args, job, isolation=None) -> int:
     if args.kernels:
         announce_kernels(args.kernels, device)
     run_dir = run_dir_path(args.resume or args.out)
-    root, split, split_path = _data(args, run_dir, rank0)
+    root, split, split_path = _data(args, rank0)
     cfg = _config(args, job, device, profile_name, root, split)
     check_batch_sizes(variants, cfg)
     seeds = list(dict.fromkeys(args.seeds or [args.seed]))
@@ -212,12 +215,17 @@ def _run(args, job, isolation=None) -> int:
         print("\ninterrupted during the data check, before the run started; nothing was written", file=sys.stderr)
         return 130
     check.raise_if_broken()  # a DatasetError: exit code 2 (bench/cli.py), before any training
+    if split_path is None:  # a new split goes into the data folder only once its data passed
+        from bench.parent.datasource import store_split
+        split_path = str(store_split(split, Path(root), fallback_dir=run_dir))
     settings = {"epochs": cfg.epochs, "profile": profile_name, "seed": args.seed, "data": check.fingerprint,
                 "split": split_fingerprint(split), "code": code_version()}
     env = _env(device, job, profile_name, root, split_path)
     _start_nvml(replace(cfg, world_size=1, rank=0), ctx, args.nvml_period, variants[0], env,  # rank 0 alone
                 nvml_devices(device, job.world_size), isolation is not None)
-    run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force)  # noqa: F841 (held until run() returns)
+    plan = [{"variant": v.name, "seed": seed, "world_size": job.world_size} for seed in seeds for v in variants]
+    run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force,  # noqa: F841
+                            plan=plan)  # held until run() returns
     try:
         fingerprint = {k: env.get(k, "") for k in FINGERPRINT}
         print(f"{len(variants)} variants x {len(seeds)} seeds, profile {profile_name}, {len(cfg.train_ids)} train / "

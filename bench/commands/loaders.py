@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from bench.parent.datasource import resolve_data, resolve_split
+from bench.parent.datasource import resolve_data, resolve_split, store_split
 from bench.instruments import memory
 from bench.instruments.timing import Clock, percentiles
 from bench.errors import UsageError
@@ -16,7 +16,7 @@ from loaders import LOADERS
 from loaders import make_loader
 from loaders.split import stratified_subset
 from reports.loaders_report import with_ratio, write_loaders_report
-from reports.results import LOADER_COLUMNS, LOADERS_CSV, append_rows
+from reports.results import LOADER_COLUMNS, LOADERS_CSV, append_rows, write_atomically
 
 
 def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: torch.device, epochs: int,
@@ -83,7 +83,9 @@ def run(args) -> int:
     run_dir = run_dir_path(args.out, "loaders-")  # made once data resolves
     check_new_folder(run_dir)
     root, ids = resolve_data(args.data, args.per_class, args.seed)
-    split, _ = resolve_split(root, ids, args.split, args.seed, fallback_dir=run_dir)
+    split, split_path = resolve_split(root, ids, args.split, args.seed)
+    if split_path is None:
+        store_split(split, root, fallback_dir=run_dir)
     train_ids = stratified_subset(split["train"], args.subset)
     if args.batch_size > len(train_ids):
         raise UsageError(f"--batch-size {args.batch_size}: larger than the {len(train_ids)} training samples timed "
@@ -102,6 +104,6 @@ def run(args) -> int:
             print(f"{kind}: failed: {row['error']}")
         rows.append(row)
         append_rows(run_dir / LOADERS_CSV, [row], LOADER_COLUMNS)
-    with_ratio(pd.DataFrame(rows)).to_csv(run_dir / LOADERS_CSV, index=False)
+    write_atomically(run_dir / LOADERS_CSV, with_ratio(pd.DataFrame(rows)).to_csv(index=False))
     print(write_loaders_report(run_dir).read_text())
     return 1 if failures else 0

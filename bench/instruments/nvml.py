@@ -18,6 +18,8 @@ import pandas as pd
 import pynvml
 import torch
 
+from reports.results import write_atomically
+
 COLUMNS = [
     "time",
     "gpu_util",
@@ -248,7 +250,7 @@ class NvmlSampler:
 
     def to_csv(self, path) -> None:
         """Write the whole timeline with its `marker` column (a run's nvml.csv)."""
-        label_samples(self.timeline(), self.marks()).to_csv(path, index=False)
+        write_atomically(path, label_samples(self.timeline(), self.marks()).to_csv(index=False))
 
 
 def per_gpu(timeline: pd.DataFrame) -> list[pd.DataFrame]:

@@ -22,17 +22,25 @@ def resolve_data(data: str | None, per_class: int = 3000, seed: int = 42, progre
     return root, discover_ids(root)
 
 
-def resolve_split(root: Path, ids: list[str], split: str | None, seed: int = 42, fallback_dir: Path | None = None) -> tuple[dict, Path]:
-    """(split, path): --split as given, else root/split.json, made on first use."""
+def resolve_split(root: Path, ids: list[str], split: str | None, seed: int = 42) -> tuple[dict, Path | None]:
+    """(split, path): --split as given, else root/split.json; without either a new split, made in
+    memory, with no path: store_split writes it once the data check has passed, so a broken
+    dataset leaves nothing in its folder (a stale split would fail the next run)."""
     if split is not None:
         return load_split(split, ids), Path(split)
     path = root / SPLIT_FILE
     if path.exists():
         return load_split(path, ids), path
-    new = make_split(ids, seed=seed)
+    return make_split(ids, seed=seed), None
+
+
+def store_split(split: dict, root: Path, fallback_dir: Path | None = None) -> Path:
+    """Saves a split made by resolve_split as root/split.json, or in `fallback_dir` (the run
+    directory) where the data folder is read-only."""
+    path = Path(root) / SPLIT_FILE
     try:
-        return new, save_split(new, path)
+        return save_split(split, path)
     except OSError:
         if fallback_dir is None:
             raise DatasetError(f"cannot write {path}; pass --split FILE or --out") from None
-        return new, save_split(new, Path(fallback_dir) / SPLIT_FILE)
+        return save_split(split, Path(fallback_dir) / SPLIT_FILE)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from bench.config import RunConfig, RunContext
 from bench.distributed import broadcast_from_rank0, is_rank0
 from bench.parent.launcher import Isolation, Workers
+from bench.parent.rundir import row_stamp, timestamp
 from bench.worker.runner import VariantResult, failed_row, measure, reference_key
 from bench.variants import Variant
 from loaders.dataset import DatasetError
@@ -62,20 +63,22 @@ def _run_all(todo: list, cfg: RunConfig, run_dir: Path, fingerprint: dict, ctx: 
     for seed, variant in tqdm(todo, desc="variants", unit="variant", disable=not (cfg.progress and writer)):
         seed_cfg = replace(cfg, seed=seed)
         run_keys = {"seed": seed, "world_size": cfg.world_size}
+        started_at = timestamp()
         try:
             result = _measure(variant, seed_cfg, ctx, *isolated)
         except (Exception, torch.OutOfMemoryError) as error:  # one broken variant must not end the run
             failures += 1
             if writer:
                 tqdm.write(f"{variant.name} seed {seed} failed: {type(error).__name__}: {error}")
-                append_rows(run_dir / RESULTS, [{**failed_row(variant, error), **run_keys, **fingerprint}],
-                            RESULT_COLUMNS)
+                append_rows(run_dir / RESULTS, [{**failed_row(variant, error), **run_keys, **fingerprint,
+                                                 **row_stamp(started_at)}], RESULT_COLUMNS)
             if isinstance(error, DatasetError):  # broken data fails every variant alike: stop at the first
                 raise
             _free_memory(cfg)
             continue
         if writer:
-            _write_result(result, run_dir, fingerprint, ctx, seed if several_seeds else None)
+            _write_result(result, run_dir, {**fingerprint, **row_stamp(started_at)}, ctx,
+                          seed if several_seeds else None)
     return failures
 
 
