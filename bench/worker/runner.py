@@ -220,8 +220,9 @@ def train_energy_window(run: TrainingRun, cfg: RunConfig) -> tuple[Window | None
     periods): an epoch's steady window is shorter, and merging windows adds two boundaries each.
     Rank 0's clock plans the steps (every rank takes the same number, as DDP needs), first at the
     epochs' median step time, then at the window's own rate until it is long enough. The steps are
-    not timed one by one: the throughput figures stay the epochs'. Returns (window, steps), or
-    (None, 0) when cfg.energy_window_s is 0."""
+    not timed one by one: the throughput figures stay the epochs'. They train at the schedule's lr
+    after the last epoch, 0 at the end of the cosine schedule: the same work a step, the trained
+    weights kept. Returns (window, steps), or (None, 0) when cfg.energy_window_s is 0."""
     clock, budget_s = Clock(cfg.device), cfg.energy_window_s
     step_ms = run.data_ms[cfg.warmup_steps:] + run.compute_ms[cfg.warmup_steps:]
     if not len(step_ms):  # no step past the warm-up: the warm-up's slower steps plan fewer
