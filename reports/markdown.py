@@ -118,10 +118,12 @@ def notes_table(ok: pd.DataFrame) -> str:
     return "" if not marked.any() else ok.loc[marked, ["variant"]].join(text[marked]).to_markdown(index=False)
 
 
-ENERGY_WINDOWS = ("Windows: GPU util, power, energy J, above idle and samples/J cover the timed steady training "
-                  "steps only (warm-up and validation excluded); compile J is the warm-up steps, where a compiled "
-                  "model compiles (its eval graph compiles in the first validation); validation J is every "
-                  "evaluation; phase J is the whole training phase (all of them); J to target counts from the "
+ENERGY_WINDOWS = ("Windows: GPU util, power, energy J, above idle, samples/J and J/step cover the energy window, "
+                  "steady training steps continued after the last epoch in one window of at least 50 counter "
+                  "periods (window s; accuracy, curves and throughput stay the epochs'), or where none ran (window "
+                  "s n/a) the timed steady steps of the epochs (warm-up and validation excluded); compile J is the "
+                  "warm-up steps, where a compiled model compiles (its eval graph compiles in the first "
+                  "validation); validation J is every evaluation; phase J is the whole training phase (all of them); J to target counts from the "
                   "start of training, like the time to target. With several processes (GPUs > 1), energy, power and "
                   "J/step are the node's, summed over every GPU of the node the run used, and samples/J is the "
                   "node's samples over the node's energy.")
@@ -131,7 +133,7 @@ ENERGY_RESOLUTION = ("Each energy figure is given ± its uncertainty from the en
                      "a reading is up to one period stale, so each window boundary can shift up to one period of the "
                      "mean power into or out of the window; ± is 2 x P x mean power per window, summed over the "
                      "figure's windows (bench.instruments.nvml.energy_uncertainty_j).")
-UNRESOLVED = ("Figures in parentheses are not resolved: their uncertainty is above 4 % (the steady windows average "
+UNRESOLVED = ("Figures in parentheses are not resolved: their uncertainty is above 4 % (their windows average "
               "under 50 counter periods), so they are not comparable as fact: {variants}.")
 # Each figure and its uncertainty column; samples/J and J per step take energy J's relative uncertainty.
 ENERGY_PM = {"energy J": "energy_j_pm", "compile J": "compile_energy_j_pm", "validation J": "val_energy_j_pm",
@@ -168,8 +170,8 @@ def _energy_cells(ok: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
 
 ENERGY_COLUMNS = {"variant": "variant", "nvml_gpus": "GPUs", "gpu_util_mean": "GPU util %", "power_w_mean": "power W",
                   "power_w_max": "max W", "energy_j": "energy J", "energy_above_idle_j": "above idle J",
-                  "samples_per_j": "samples/J", "compile_energy_j": "compile J", "val_energy_j": "validation J",
-                  "phase_energy_j": "phase J", "j_to_target": "J to target", "energy_source": "source",
+                  "samples_per_j": "samples/J", "energy_window_s": "window s", "compile_energy_j": "compile J",
+                  "val_energy_j": "validation J", "phase_energy_j": "phase J", "j_to_target": "J to target", "energy_source": "source",
                   "throttled_share": "throttled", "nvml_mem_peak_mb": "NVML mem MB"}
 ENERGY_COLUMNS_BY_NAME = {name: column for column, name in ENERGY_COLUMNS.items()}
 
@@ -183,7 +185,7 @@ def energy_table(ok: pd.DataFrame, env: dict | None = None) -> str:
     columns = {c: n for c, n in ENERGY_COLUMNS.items() if c in ok and (c != "nvml_gpus" or (ok[c].fillna(1) > 1).any())}
     table = ok[list(columns)].rename(columns=columns)
     digits = {name: 0 for name in table.columns if name not in ("variant", "source", "samples/J", "throttled")}
-    table = _energy_cells(ok, _fmt(table, {**digits, "samples/J": 1, "throttled": 2}))
+    table = _energy_cells(ok, _fmt(table, {**digits, "samples/J": 1, "window s": 1, "throttled": 2}))
     windows = ENERGY_WINDOWS if "phase_energy_j" in ok else "Windows: every figure covers the whole training phase."
     lines = [windows]
     if "energy_j_pm" in ok:

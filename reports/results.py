@@ -38,8 +38,8 @@ RESULT_COLUMNS = SETTINGS + [
     "flops_per_sample", "flops_per_sample_stored", "mfu_per_gpu",
     "nvml_note", "nvml_gpus", "nvml_samples", "gpu_util_mean", "gpu_util_max", "mem_util_mean", "power_w_mean",
     "power_w_max", "sm_clock_mhz_mean", "temp_c_max", "nvml_mem_peak_mb", "energy_j", "energy_j_pm", "energy_resolved",
-    "energy_source", "energy_above_idle_j", "samples_per_j", "compile_energy_j", "compile_energy_j_pm", "val_energy_j",
-    "val_energy_j_pm", "phase_energy_j", "phase_energy_j_pm", "j_to_target", "j_to_target_pm",
+    "energy_window_s", "energy_source", "energy_above_idle_j", "samples_per_j", "compile_energy_j", "compile_energy_j_pm",
+    "val_energy_j", "val_energy_j_pm", "phase_energy_j", "phase_energy_j_pm", "j_to_target", "j_to_target_pm",
     "throttled_share", "throttled",
     "samples_trained", "kernels", "note",
     "started_at", "finished_at", "code_version", "session",  # when and by which process and code the row was made

@@ -223,6 +223,9 @@ def _run(args, job, isolation=None) -> int:
     env = _env(device, job, profile_name, root, split_path)
     _start_nvml(replace(cfg, world_size=1, rank=0), ctx, args.nvml_period, variants[0], env,  # rank 0 alone
                 nvml_devices(device, job.world_size), isolation is not None)
+    if ctx.sampler is not None:  # each variant's headline energy gets a window the counter resolves
+        from bench.instruments.nvml import energy_window_s
+        cfg = replace(cfg, energy_window_s=energy_window_s(ctx.sampler.counter_period_s))
     plan = [{"variant": v.name, "seed": seed, "world_size": job.world_size} for seed in seeds for v in variants]
     run_lock = open_run_dir(run_dir, settings, env, resume=bool(args.resume), force=args.force,  # noqa: F841
                             plan=plan)  # held until run() returns

@@ -47,6 +47,9 @@ THROTTLED_SHARE_LIMIT = 0.05
 # An energy figure is resolved when its uncertainty (energy_uncertainty_j) is at most that of one
 # window MIN_COUNTER_PERIODS counter periods long: 2 / 50 = 4 %. Shorter ones are flagged.
 MIN_COUNTER_PERIODS = 50
+# The longest energy window a variant trains for (energy_window_s): 50 periods of a counter that
+# moves at most every 0.4 s; a slower counter's figure is flagged rather than the run made longer.
+MAX_ENERGY_WINDOW_S = 20.0
 # How far the energy counter may stray from mean power x time over the same steady window before
 # `bench doctor` calls it wrong (beyond its resolution): NVML power is itself an average over up to
 # a second, and on A100/H100 the counter integrates only part of each period (Yang et al., SC24).
@@ -358,6 +361,15 @@ def energy_uncertainty_j(power_w_mean: float, windows: int, period_s: float) -> 
     boundary, two per window, summed over the windows (no cancelling assumed): 2 x windows x
     period x mean power. NaN where the period is not known."""
     return 2 * windows * period_s * power_w_mean
+
+
+def energy_window_s(counter_period_s: float) -> float:
+    """How long a variant's energy window must last for energy_resolved to hold:
+    MIN_COUNTER_PERIODS counter periods, at most MAX_ENERGY_WINDOW_S; 0 (no window) where the
+    period is not known."""
+    if not (math.isfinite(counter_period_s) and counter_period_s > 0):
+        return 0.0
+    return min(MIN_COUNTER_PERIODS * counter_period_s, MAX_ENERGY_WINDOW_S)
 
 
 def energy_resolved(joules: float, uncertainty_j: float) -> bool | float:

@@ -109,15 +109,21 @@ def _measure(variant: Variant, cfg: RunConfig, ctx: RunContext, isolation: Isola
 
 
 def nvml_columns(run, cfg: RunConfig, ctx: RunContext) -> dict:
-    """Energy and utilisation of the timed steady steps, with the compile (warm-up steps),
-    validation and whole-phase energy beside them, and the energy to the target from the start;
-    `run` is the Phases a variant's measurement handed back."""
+    """Energy and utilisation of steady training steps: the energy window after the last epoch
+    where the variant trained one (its length is energy_window_s), else the timed steady steps of
+    the epochs; with the compile (warm-up steps), validation and whole-phase energy beside them,
+    and the energy to the target from the start. `run` is the Phases a variant's measurement
+    handed back."""
     from bench.instruments.nvml import nvml_unavailable_reason, phase_energies, summarize_windows
     if ctx.sampler is None:
         return {"nvml_note": ctx.nvml_reason or nvml_unavailable_reason(cfg.device) or "NVML sampler not running"}
     timeline, period = ctx.sampler.timeline(), ctx.sampler.counter_period_s
-    steady_samples = max(run.steps - cfg.warmup_steps, 0) * run.batch_size  # each rank's
-    columns = summarize_windows(timeline, run.steady_windows, ctx.idle_power_w, steady_samples, period)
+    if run.energy_window is not None:
+        windows, steps = [run.energy_window], run.energy_steps
+    else:
+        windows, steps = run.steady_windows, max(run.steps - cfg.warmup_steps, 0)
+    columns = summarize_windows(timeline, windows, ctx.idle_power_w, steps * run.batch_size, period)  # each rank's samples
+    columns["energy_window_s"] = run.energy_window[1] - run.energy_window[0] if run.energy_window else math.nan
     phases = {"compile_energy_j": [run.warmup_window] if run.warmup_window else [], "val_energy_j": run.eval_windows,
               "phase_energy_j": [(run.t_start, run.t_end)]}
     if not math.isnan(run.time_to_target):

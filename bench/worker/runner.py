@@ -2,10 +2,11 @@
 
 A variant (bench.variants.Variant) only changes data here: which network, precision, compiler
 mode, memory format, batch size and loader. The loop itself is the same for all of them.
-measure() runs the phases (train_once per repeat, inference, the reference loop) and then
-summarises them into one result row.
+measure() runs the phases (train_once per repeat, inference, robustness, the energy window, the
+reference loop) and then summarises them into one result row.
 """
 
+import itertools
 import math
 import time
 import traceback
@@ -57,6 +58,8 @@ class Phases:
     steady_windows: list[Window]
     eval_windows: list[Window]
     marks: list[tuple[float, str]]  # (perf_counter, "variant:phase") for nvml.csv's marker column
+    energy_window: Window | None = None  # train_energy_window's steps, for the headline energy figures
+    energy_steps: int = 0  # training steps in energy_window (each rank's)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class TrainingRun:
     trainer: Trainer
     val_loader: object
     t_start: float
+    train_loader: object = None
     t_end: float = math.nan
     curves: list[dict] = field(default_factory=list)
     data_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -168,7 +172,7 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
     trainer = Trainer(variant, cfg)
     train_loader, val_loader = _loader(variant, cfg, ctx, cfg.train_ids, True), _loader(variant, cfg, ctx, cfg.val_ids, False)
     times = StepTimes(Clock(cfg.device))
-    run = TrainingRun(trainer, val_loader, t_start=time.perf_counter())
+    run = TrainingRun(trainer, val_loader, t_start=time.perf_counter(), train_loader=train_loader)
     data_ms, compute_ms = [], []
     max_steps = distributed.min_over_ranks(len(train_loader), cfg.device) if cfg.world_size > 1 else len(train_loader)
     epochs = tqdm(range(cfg.epochs), desc=variant.name, unit="epoch", disable=not cfg.progress, leave=False)
@@ -208,6 +212,40 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
     run.data_ms, run.compute_ms = np.concatenate(data_ms), np.concatenate(compute_ms)
     run.epoch_steps = [len(d) for d in data_ms]
     return run
+
+
+def train_energy_window(run: TrainingRun, cfg: RunConfig) -> tuple[Window | None, int]:
+    """More steady steps of the run's trainer and loader in one contiguous window of at least
+    cfg.energy_window_s, for an energy figure the counter resolves (nvml.MIN_COUNTER_PERIODS
+    periods): an epoch's steady window is shorter, and merging windows adds two boundaries each.
+    Rank 0's clock plans the steps (every rank takes the same number, as DDP needs), first at the
+    epochs' median step time, then at the window's own rate until it is long enough. The steps are
+    not timed one by one: the throughput figures stay the epochs'. They train at the schedule's lr
+    after the last epoch, 0 at the end of the cosine schedule: the same work a step, the trained
+    weights kept. Returns (window, steps), or (None, 0) when cfg.energy_window_s is 0."""
+    clock, budget_s = Clock(cfg.device), cfg.energy_window_s
+    step_ms = run.data_ms[cfg.warmup_steps:] + run.compute_ms[cfg.warmup_steps:]
+    if not len(step_ms):  # no step past the warm-up: the warm-up's slower steps plan fewer
+        step_ms = run.data_ms + run.compute_ms
+    planned = distributed.broadcast_from_rank0(_steps_for(budget_s, float(np.median(step_ms)) / 1000))
+    if planned == 0:
+        return None, 0
+    batches = itertools.chain.from_iterable(itertools.repeat(run.train_loader))  # epoch after epoch
+    clock.sync()
+    t0, steps = time.perf_counter(), 0
+    while planned > 0:
+        for rgb, lidar, label in itertools.islice(batches, planned):
+            run.trainer.step(rgb, lidar, label)
+        steps += planned
+        clock.sync()
+        elapsed = time.perf_counter() - t0
+        planned = distributed.broadcast_from_rank0(_steps_for(budget_s - elapsed, elapsed / steps))
+    return (t0, time.perf_counter()), steps
+
+
+def _steps_for(seconds: float, step_s: float) -> int:
+    """Steps that fill `seconds` at `step_s` a step (at least one while any time is left)."""
+    return max(math.ceil(seconds / step_s), 1) if seconds > 0 else 0
 
 
 def _check_finite(losses: torch.Tensor, epoch: int) -> None:
@@ -277,13 +315,16 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     robustness = _robustness(last, variant, cfg) if cfg.robustness else []
     peak = memory.read_peak(cfg.device)
     dynamo = _dynamo_counts()  # before the reference loop, which compiles a model of its own
+    if cfg.energy_window_s > 0:
+        marks.append((time.perf_counter(), f"{variant.name}:energy"))
+    energy_window, energy_steps = train_energy_window(last, cfg)  # after the figures of the epochs
     marks.append((time.perf_counter(), f"{variant.name}:reference"))
     reference_sps = _reference(variant, cfg, ctx)
     marks.append((time.perf_counter(), "idle"))
     row = summarise(variant, cfg, runs, inference, dynamo, reference_sps)
     row.update(peak)
     phases = Phases(last.t_start, last.t_end, len(last.data_ms), variant.batch_size, last.time_to_target,
-                    last.warmup_window, last.steady_windows, last.eval_windows, marks)
+                    last.warmup_window, last.steady_windows, last.eval_windows, marks, energy_window, energy_steps)
     return VariantResult(row, [c for r in runs for c in r.curves], inference, robustness,
                          step_rows(variant, cfg, runs), phases)
 

@@ -1,0 +1,190 @@
+"""The energy window: steady steps continued after a variant's last epoch in one window long
+enough for the NVML counter to resolve, and the headline energy figures taken from it.
+
+The 2-rank test starts this file under torchrun (`python -m torch.distributed.run
+--nproc-per-node 2 tests/test_energy_window.py OUT`); each rank runs the window with a stub
+trainer and leaves how many steps it took in OUT.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench.config import RunConfig, RunContext
+from bench.distributed import torchrun_command
+from bench.instruments.nvml import COLUMNS, MAX_ENERGY_WINDOW_S, MIN_COUNTER_PERIODS, energy_window_s
+from bench.parent.matrix import nvml_columns
+from bench.variants import Variant
+from bench.worker import runner
+from conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CountingTrainer:
+    """Stands in for Trainer: records the label of each batch it steps on, 1 ms a step."""
+
+    def __init__(self):
+        self.labels = []
+
+    def step(self, rgb, lidar, label):
+        time.sleep(0.001)
+        self.labels.append(int(label[0]))
+        return torch.zeros(())
+
+
+def stub_run(batches: int = 2) -> runner.TrainingRun:
+    """A finished training run of 4 steps of 20 ms, its loader `batches` batches labelled 0, 1, ..."""
+    loader = [(torch.zeros(1), torch.zeros(1), torch.tensor([b])) for b in range(batches)]
+    return runner.TrainingRun(CountingTrainer(), val_loader=None, t_start=0.0, train_loader=loader,
+                              data_ms=np.full(4, 5.0), compute_ms=np.full(4, 15.0))
+
+
+def stub_config(window_s: float) -> RunConfig:
+    return RunConfig(data_root="", train_ids=[], val_ids=[], device=torch.device("cpu"), warmup_steps=1,
+                     progress=False, energy_window_s=window_s)
+
+
+def test_the_window_is_50_counter_periods_capped_and_off_without_a_period():
+    assert energy_window_s(0.1) == pytest.approx(MIN_COUNTER_PERIODS * 0.1)
+    assert energy_window_s(1.5) == MAX_ENERGY_WINDOW_S
+    assert energy_window_s(math.nan) == energy_window_s(0.0) == 0.0
+
+
+def test_window_steps_the_loader_epoch_after_epoch_until_it_lasts_the_budget():
+    run = stub_run()
+    window, steps = runner.train_energy_window(run, stub_config(0.05))
+    assert window[1] - window[0] >= 0.05  # planned at 20 ms a step (3), then at the window's own rate
+    assert steps == len(run.trainer.labels) > 3
+    assert run.trainer.labels == [0, 1] * (steps // 2) + [0] * (steps % 2)  # the loader again from its start
+
+
+def test_no_window_and_no_step_when_off():
+    run = stub_run()
+    assert runner.train_energy_window(run, stub_config(0.0)) == (None, 0)
+    assert run.trainer.labels == []
+
+
+def test_a_measured_variant_hands_its_energy_window_back_outside_the_timed_steps(tiny_data, split):
+    cfg = tiny_config(tiny_data, split, energy_window_s=0.05, reference_steps=0, infer_iters=0)
+    ctx = RunContext(sampler=ConstantPowerSampler(), idle_power_w=40.0)
+    variant = Variant("add", batch_size=8, loader="resident")
+    result = runner.measure(variant, cfg, ctx)
+    phases = result.phases
+    t0, t1 = phases.energy_window
+    assert t1 - t0 >= 0.05 and phases.energy_steps >= 1 and t0 >= phases.t_end  # after the last epoch
+    assert [label for _, label in phases.marks][-3:] == [f"{variant.name}:energy", f"{variant.name}:reference", "idle"]
+    assert len(result.steps) == phases.steps - cfg.warmup_steps == 1  # steps.csv: the epoch's timed step only
+    row = nvml_columns(phases, cfg, ctx)
+    assert row["energy_window_s"] == pytest.approx(t1 - t0)
+    assert row["energy_j"] == pytest.approx(100.0 * (t1 - t0), rel=1e-6)
+    assert row["samples_per_j"] == pytest.approx(phases.energy_steps * 8 / row["energy_j"])
+    assert row["energy_resolved"] is True  # 0.05 s is 100 periods of this counter
+
+
+def test_measured_without_a_window_trains_the_epochs_only(tiny_data, split, monkeypatch):
+    calls, step = [], runner.Trainer.step
+    monkeypatch.setattr(runner.Trainer, "step", lambda self, *batch: calls.append(1) or step(self, *batch))
+    cfg = tiny_config(tiny_data, split, reference_steps=0, infer_iters=0)
+    phases = runner.measure(Variant("add", batch_size=8, loader="resident"), cfg, RunContext()).phases
+    assert phases.energy_window is None and phases.energy_steps == 0
+    assert len(calls) == phases.steps == 2  # 16 samples, batch 8, one epoch
+    assert not any(label.endswith(":energy") for _, label in phases.marks)
+
+
+class ConstantPowerSampler:
+    """Stands in for NvmlSampler: 100 W and a steady energy counter sampled every 0.5 ms, from its
+    creation to the moment the timeline is read; its counter moves every 0.5 ms."""
+    counter_period_s = 0.0005
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def mark(self, label, at=None):
+        pass
+
+    def timeline(self):
+        t = np.arange(self.t0, time.perf_counter(), 0.0005)
+        data = {name: np.zeros(len(t)) for name in COLUMNS}
+        data.update(time=t, power_w=np.full(len(t), 100.0), energy_mj=(t - self.t0) * 100_000.0)
+        return pd.DataFrame(data)
+
+
+class StepPowerSampler:
+    """A recorded timeline: 50 W from 0 to 10 s but 100 W over [6.0, 6.2], sampled every 1 ms, an
+    exact energy counter moving every 1 ms."""
+    counter_period_s = 0.001
+
+    def timeline(self):
+        t = np.arange(0.0, 10.0, 0.001)
+        data = {name: np.zeros(len(t)) for name in COLUMNS}
+        data.update(time=t, power_w=np.where((t >= 6.0) & (t <= 6.2), 100.0, 50.0),
+                    energy_mj=1000 * (50 * t + 50 * np.clip(t - 6.0, 0.0, 0.2)))
+        return pd.DataFrame(data)
+
+
+def phases(energy_window, energy_steps: int = 10) -> runner.Phases:
+    """A variant of batch 8 whose epochs had 20 steps and steady windows [1, 1.5] and [2, 2.5]."""
+    return runner.Phases(t_start=0.5, t_end=3.0, steps=20, batch_size=8, time_to_target=math.nan,
+                         warmup_window=(0.5, 1.0), steady_windows=[(1.0, 1.5), (2.0, 2.5)],
+                         eval_windows=[(1.5, 2.0), (2.5, 3.0)], marks=[], energy_window=energy_window,
+                         energy_steps=energy_steps)
+
+
+def test_headline_energy_comes_from_the_window_and_is_resolved_from_50_periods():
+    from reports.markdown import energy_table
+    cfg, ctx = stub_config(0.2), RunContext(sampler=StepPowerSampler())
+    row = nvml_columns(phases((6.0, 6.2)), cfg, ctx)
+    assert row["energy_j"] == pytest.approx(20.0, rel=1e-3) and row["power_w_mean"] == pytest.approx(100.0)
+    assert row["samples_per_j"] == pytest.approx(10 * 8 / 20.0, rel=1e-3) and row["energy_window_s"] == pytest.approx(0.2)
+    assert row["energy_j_pm"] == pytest.approx(2 * 0.001 * 100.0, rel=1e-3) and row["energy_resolved"] is True
+    assert row["phase_energy_j"] == pytest.approx(50 * 2.5, rel=1e-3)  # the epochs' phase, the window outside it
+    text = energy_table(pd.DataFrame([{"variant": "v", "batch_size": 8, **row}]))
+    cells = dict(zip(*[[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()[2::2]]))
+    assert cells["J/step"] == "2.000 ± 0.020" and cells["window s"] == "0.2"
+    short = nvml_columns(phases((6.0, 6.04), energy_steps=2), cfg, ctx)  # 40 counter periods
+    assert short["energy_j"] == pytest.approx(4.0, rel=1e-3) and short["energy_resolved"] is False
+
+
+def test_without_a_window_the_headline_is_the_epochs_steady_steps():
+    row = nvml_columns(phases(None, energy_steps=0), stub_config(0.0), RunContext(sampler=StepPowerSampler()))
+    assert row["energy_j"] == pytest.approx(50.0, rel=1e-3) and math.isnan(row["energy_window_s"])
+    assert row["samples_per_j"] == pytest.approx((20 - 1) * 8 / 50.0, rel=1e-3)
+
+
+def test_every_rank_takes_rank_0s_steps(tmp_path):
+    """Under torchrun rank 0's clock plans the window; rank 1 is configured off here (as the ranks
+    of a torchrun the user started, where rank 0 alone measured the counter) and must follow."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    done = subprocess.run([*torchrun_command(2, [])[:5], str(Path(__file__)), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == ranks[1]["stepped"] > 0
+    assert ranks[0]["window_s"] >= 0.05
+
+
+def _rank(out: Path) -> None:
+    """One rank of the 2-process test (run by torchrun, see the module docstring)."""
+    from bench.distributed import init, read_env, shutdown
+    env = read_env()
+    init(env, "cpu")
+    run = stub_run(batches=1 + env.rank)  # the ranks' loaders differ in length
+    window, steps = runner.train_energy_window(run, stub_config(0.05 if env.rank == 0 else 0.0))
+    record = {"steps": steps, "stepped": len(run.trainer.labels), "window_s": window[1] - window[0] if window else 0}
+    (out / f"rank{env.rank}.json").write_text(json.dumps(record))
+    shutdown()
+
+
+if __name__ == "__main__":
+    _rank(Path(sys.argv[1]))
