@@ -101,6 +101,15 @@ def test_measured_without_a_window_trains_the_epochs_only(tiny_data, split, monk
     assert not any(label.endswith(":energy") for _, label in phases.marks)
 
 
+def test_a_pipeline_probe_takes_no_window(tiny_data, split):
+    """A probe row (its own few epochs: the seed pipeline, DALI) measures a loader's speed; its
+    energy stays the epochs' windows, flagged, so the default GPU run spends no window on it."""
+    cfg = tiny_config(tiny_data, split, energy_window_s=0.05, reference_steps=0, infer_iters=0)
+    phases = runner.measure(Variant("add", batch_size=8, loader="resident", epochs=1), cfg,
+                            RunContext(sampler=ConstantPowerSampler())).phases
+    assert phases.energy_window is None and phases.energy_steps == 0
+
+
 class ConstantPowerSampler:
     """Stands in for NvmlSampler: 100 W and a steady energy counter sampled every 0.5 ms, from its
     creation to the moment the timeline is read; its counter moves every 0.5 ms."""

@@ -299,7 +299,8 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     result row (all but the NVML columns, which the parent adds from its timeline), curves,
     inference rows and phase windows."""
     ctx = ctx or RunContext()
-    cfg = replace(cfg, epochs=variant.epochs) if variant.epochs else cfg
+    if variant.epochs:  # a pipeline probe: a loader's speed over a few epochs, its energy left to the epochs' windows
+        cfg = replace(cfg, epochs=variant.epochs, energy_window_s=0.0)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # reset() keeps them; graphs and breaks are per variant
     memory.reset_peak(cfg.device)
