@@ -1,6 +1,8 @@
-"""Bad input as a user meets it: each fault, the command, its exit code and its one-line error.
+"""Faults as a user meets them, in two tables of fault, command, exit code and one-line message:
+FAULTS (bad input, refused before anything is written) and RUN_DIR_FAULTS (a run directory that
+is live, damaged, read-only or on a full disk).
 
-Every case must stop before any training with exit code 2, an error matching its message (a
+Every FAULTS case must stop before any training with exit code 2, an error matching its message (a
 regex), no traceback, and nothing written: no run directory, nothing in the data folder (all of
 the case's folder is compared before and after). Exit code 1 means only "a variant failed" and
 is never a refusal. The data is the tiny hand-written set of conftest (12 samples).
@@ -24,9 +26,10 @@ import numpy as np
 import pytest
 
 from bench.parent.rundir import lock, open_run_dir
-from conftest import REPO, write_dataset
+from conftest import REPO, bench, write_dataset
 from loaders.dataset import discover_ids
 from loaders.split import make_split, save_split
+from reports.results import ENV, RESULT_COLUMNS, RESULTS, append_rows, write_env
 
 BAD_INPUT = 2
 BENCHMARKS = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -147,7 +150,7 @@ FAULTS = [
     Fault("kernels table missing", lambda t: run_all(t, "--kernels", t / "nowhere.csv"), BAD_INPUT,
           r"^error: --kernels \S+nowhere.csv: no such file or folder"),
     Fault("kernels table junk", lambda t: run_all(t, "--kernels", junk(t / "kernels.csv", b"speed\nfast\n")), BAD_INPUT,
-          r"^error: --kernels \S+kernels.csv: lacks 12 of the 12 columns of a kernels table, e.g. kernel"),
+          r"^error: --kernels \S+kernels.csv: lacks (\d+) of the \1 columns of a kernels table, e.g. kernel"),
     # folders refused, before the data check where the folder alone decides
     Fault("out is a file", lambda t: run_all(t, "--out", junk(t / "notes.txt", b"x")), BAD_INPUT,
           r"^error: --out \S+notes.txt is a file, not a folder"),
@@ -209,8 +212,10 @@ print(json.dumps(outcomes))
 
 
 def tree(root: Path) -> dict:
-    """Every path under `root` with its size and modification time."""
-    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
+    """Every path under `root` with its size and modification time; but run.lock's: --resume
+    takes the lock before it reads the run (no writer may race it) and names itself there."""
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")
+            if p.name != "run.lock"}
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +254,208 @@ def test_fault(fault: Fault, outcomes: dict):
     assert re.search(fault.message, stderr, re.MULTILINE), stderr
     assert stderr.startswith("error: ") and "Traceback" not in stderr, stderr
     assert not wrote, "the command wrote into its folder (a run directory, or the data folder)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults of the run directory, one command each in its own process: a live run under --force,
+# damaged tables and env.json, a read-only folder, a full disk. Each keeps the last good state and
+# prints one line (an error, or a warning for a run that still reports). A full disk needs root
+# (a small tmpfs) and skips without it.
+
+CHILDREN: list[subprocess.Popen] = []  # processes a case keeps alive while its command runs
+MOUNTS: list[Path] = []  # tmpfs mounts a case made
+
+
+@pytest.fixture(autouse=True)
+def _clean_up():
+    yield
+    while CHILDREN:
+        child = CHILDREN.pop()
+        child.stdin.close()  # the holder waits on its stdin
+        child.wait(timeout=60)
+    while MOUNTS:
+        subprocess.run(["umount", "-l", str(MOUNTS.pop())], check=False)
+
+
+def noise_data(tmp: Path) -> Path:
+    """A tiny valid dataset (noise images): 32 train and 8 val samples, enough for batch 4 and
+    the data check that precedes a run."""
+    return write_dataset(tmp / "data", per_class=20)
+
+
+def all_argv(tmp: Path, *extra) -> list[str]:
+    return ["all", "--data", noise_data(tmp), "--arch", "add", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+            "--no-progress", "--profile", "quick", *extra]
+
+
+def row(variant: str, **cells) -> dict:
+    return {"variant": variant, "arch": "add", "batch_size": 8, "compile_mode": "none", "loader": "resident",
+            "loader_form": "png", "precision": "fp32", "memory_format": "contiguous", "downsample": "maxpool",
+            "channels": "seed", "seed": 42, "world_size": 1, "status": "ok", "epochs": 1, "train_samples": 16,
+            "val_samples": 10, "params": 1, "val_loss": 0.5, "accuracy": 50.0, "sec_per_epoch": 1.0,
+            "train_samples_per_s": 10.0, "target_acc": 99.0, "peak_mem_kind": "process_peak_rss", "peak_mem_mb": 1.0,
+            **cells}
+
+
+def finished_run(run: Path, rows=("a", "b", "c")) -> Path:
+    """A run directory as `bench all` leaves it (env.json with settings, results.csv)."""
+    run.mkdir(parents=True, exist_ok=True)
+    write_env(run, {"schema_version": 2, "hardware": "cpu-test", "settings": {"epochs": 1}})
+    append_rows(run / RESULTS, [row(name) for name in rows], RESULT_COLUMNS)
+    return run
+
+
+def edit_results(run: Path, line: int, edit: Callable[[str], str]) -> Path:
+    """results.csv with its line `line` (1 = the header) rewritten by `edit`."""
+    lines = (run / RESULTS).read_text().splitlines(keepends=True)
+    lines[line - 1] = edit(lines[line - 1])
+    (run / RESULTS).write_text("".join(lines))
+    return run
+
+
+def set_cell(column: str, value: str) -> Callable[[str], str]:
+    index = RESULT_COLUMNS.index(column)
+    return lambda text: ",".join(value if i == index else cell for i, cell in enumerate(text.rstrip("\n").split(","))) + "\n"
+
+
+def hold_lock(run: Path) -> None:
+    """Another `bench all` writing `run`: a process that opened it and holds run.lock until the test ends."""
+    code = ("import sys; from bench.parent.rundir import open_run_dir; "
+            f"held = open_run_dir({str(run)!r}, {{}}, {{}}); print('ready', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    CHILDREN.append(child)
+    assert child.stdout.readline().strip() == "ready"
+
+
+def tmpfs(path: Path, size: str = "1m") -> Path:
+    """A small tmpfs at `path` (root only; the case skips where mounting is not allowed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    MOUNTS.append(path)
+    return path
+
+
+def read_only(folder: Path) -> None:
+    """Makes `folder` unwritable: a read-only remount of its tmpfs as root (root ignores modes), else chmod."""
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+
+
+def fill(disk: Path) -> None:
+    """Writes a filler file until the disk has no block left."""
+    handle = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(handle, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def disk_run(tmp: Path, build: Callable[[Path], Path]) -> Path:
+    """A run built by `build` on a tmpfs of its own (or a plain folder without root, for read-only by chmod)."""
+    disk = tmp / "disk"
+    if os.geteuid() == 0:
+        tmpfs(disk)
+    return build(disk / "run")
+
+
+def force_on_a_live_run(tmp: Path) -> list[str]:
+    hold_lock(tmp / "run")
+    return all_argv(tmp, "--out", tmp / "run", "--force")
+
+
+def row_cut_mid_line(tmp: Path) -> list[str]:
+    run = edit_results(finished_run(tmp / "run"), 3, lambda text: text[:len(text) // 2] + "\n")
+    return ["report", run]
+
+
+def text_in_a_number_column(tmp: Path) -> list[str]:
+    return ["report", edit_results(finished_run(tmp / "run"), 2, set_cell("accuracy", "high"))]
+
+
+def unknown_status(tmp: Path) -> list[str]:
+    return ["report", edit_results(finished_run(tmp / "run"), 2, set_cell("status", "done"))]
+
+
+def foreign_header(tmp: Path) -> list[str]:
+    run = finished_run(tmp / "run")
+    (run / RESULTS).write_text("name,score\nx,1\n")
+    return ["report", run]
+
+
+def truncated_env(tmp: Path) -> Path:
+    run = finished_run(tmp / "run")
+    text = (run / ENV).read_text()
+    (run / ENV).write_text(text[:len(text) // 2])
+    return run
+
+
+def env_not_an_object(tmp: Path) -> Path:
+    run = finished_run(tmp / "run")
+    (run / ENV).write_text("[]")
+    return run
+
+
+def report_read_only(tmp: Path) -> list[str]:
+    run = disk_run(tmp, finished_run)
+    (run / "report.md").write_text("# the last good report\n")
+    read_only(run.parent)
+    return ["report", run]
+
+
+def resume_read_only(tmp: Path) -> list[str]:
+    argv = all_argv(tmp)
+    run = disk_run(tmp, finished_run)
+    read_only(run.parent)
+    return argv + ["--resume", run]
+
+
+def report_on_a_full_disk(tmp: Path) -> list[str]:
+    disk = tmpfs(tmp / "disk")
+    run = finished_run(disk / "run")
+    (run / "report.md").write_text("# the last good report\n")
+    fill(disk)
+    return ["report", run]
+
+
+RUN_DIR_FAULTS = [
+    Fault("--force on a run another process holds", force_on_a_live_run, 2, r"run is in use by pid \d+ .*run\.lock"),
+    Fault("a row cut mid-line, file newline-terminated", row_cut_mid_line, 0,
+          r"^warning: .*results\.csv line 3: \d+ fields where the header has \d+ .*row dropped"),
+    Fault("text in a numeric column", text_in_a_number_column, 0,
+          r"^warning: .*results\.csv line 2: accuracy is 'high', not a number; row dropped"),
+    Fault("a status neither ok nor failed", unknown_status, 0,
+          r"^warning: .*results\.csv line 2: status 'done' is not one of ok, failed"),
+    Fault("results.csv of another program", foreign_header, 2,
+          r"^error: .*results\.csv: not a fusionbench results\.csv \(its header has no column variant, status\)$"),
+    Fault("truncated env.json: report", lambda tmp: ["report", truncated_env(tmp)], 2,
+          r"^error: .*env\.json: not valid JSON \(.*\); the file is damaged$"),
+    Fault("truncated env.json: compare", lambda tmp: ["compare", finished_run(tmp / "good"), truncated_env(tmp)], 2,
+          r"^error: .*env\.json: not valid JSON"),
+    Fault("truncated env.json: --resume", lambda tmp: all_argv(tmp, "--resume", truncated_env(tmp)), 2,
+          r"^error: .*env\.json: not valid JSON"),
+    Fault("env.json holding [] : compare", lambda tmp: ["compare", finished_run(tmp / "good"), env_not_an_object(tmp)], 2,
+          r"^error: .*env\.json: expected a JSON object, found list$"),
+    Fault("env.json holding [] : report", lambda tmp: ["report", env_not_an_object(tmp)], 2,
+          r"^error: .*env\.json: expected a JSON object, found list$"),
+    Fault("read-only run directory: report", report_read_only, 2,
+          r"^error: cannot write .*report\.md: (Read-only file system|Permission denied)$"),
+    Fault("read-only run directory: --resume", resume_read_only, 2,
+          r"^error: cannot open .*run\.lock: (Read-only file system|Permission denied)"),
+    Fault("full disk: report", report_on_a_full_disk, 2, r"^error: cannot write .*report\.md: No space left on device$"),
+]
+
+
+@pytest.mark.parametrize("fault", RUN_DIR_FAULTS, ids=lambda fault: fault.name)
+def test_run_dir_fault(fault: Fault, tmp_path):
+    done = bench(*fault.setup(tmp_path))
+    assert done.returncode == fault.exit_code, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert any(re.search(fault.message, line) for line in done.stderr.splitlines()), done.stderr
