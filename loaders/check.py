@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from loaders.dataset import CLASSES, DatasetError, load_angles, read_depth, read_rgba, sample_files
+from loaders.dataset import DatasetError, class_angles, read_depth, read_rgba, sample_files
 
 SHOWN_PROBLEMS = 10
 
@@ -38,15 +38,16 @@ class CheckResult:
             raise DatasetError(f"{len(self.problems)} of {self.samples} samples are broken:\n{lines}{more}")
 
 
-def check_sample(root: str, sample_id: str) -> tuple[str, str]:
-    """(content digest, problem or "") of one sample, read as the loaders read it."""
+def check_sample(root: str, sample_id: str, angles: dict) -> tuple[str, str]:
+    """(content digest, problem or "") of one sample, read as the loaders read it, against its
+    folder's tables in `angles` (class_angles)."""
     digest = hashlib.blake2b(sample_id.encode(), digest_size=16)
     try:
         files = sample_files(root, sample_id)
         depth_bytes, rgb_bytes = files.lidar.read_bytes(), files.rgb.read_bytes()
         digest.update(depth_bytes)
         digest.update(rgb_bytes)
-        azimuth, zenith = load_angles(root, files.folder)
+        azimuth, zenith = angles[files.folder]
         depth = read_depth(files.lidar, azimuth, zenith, source=io.BytesIO(depth_bytes))
         read_rgba(files.rgb, depth.shape, source=io.BytesIO(rgb_bytes))
     except (DatasetError, OSError) as error:
@@ -61,14 +62,15 @@ def check_dataset(root: str | Path, sample_ids: list[str], workers: int | None =
     CheckResult.raise_if_broken), only for unreadable angle tables, which every sample needs."""
     root = str(Path(root).expanduser())
     workers = workers or os.cpu_count() or 2
-    angles = hashlib.blake2b(digest_size=16)
-    for folder in sorted(CLASSES):
-        for table in load_angles(root, folder):
-            angles.update(table.tobytes())
+    angles = class_angles(root)
+    tables = hashlib.blake2b(digest_size=16)
+    for folder in sorted(angles):
+        for table in angles[folder]:
+            tables.update(table.tobytes())
     with ThreadPoolExecutor(max(workers, 1)) as pool:
-        results = list(tqdm(pool.map(lambda i: check_sample(root, i), sample_ids), total=len(sample_ids),
+        results = list(tqdm(pool.map(lambda i: check_sample(root, i, angles), sample_ids), total=len(sample_ids),
                             desc="checking data", unit="sample", disable=not progress, leave=False))
-    total = hashlib.blake2b(angles.digest(), digest_size=16)
+    total = hashlib.blake2b(tables.digest(), digest_size=16)
     for sample_id, (digest, _) in sorted(zip(sample_ids, results)):
         total.update(digest.encode())
     return CheckResult(len(sample_ids), [problem for _, problem in results if problem], total.hexdigest())
