@@ -79,8 +79,9 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="add autocast variants beside fp32")
     p.add_argument("--amp-dtype", choices=("bf16", "fp16"), default="bf16", help="autocast dtype for --amp (fp16 uses GradScaler)")
     p.add_argument("--compile", action="store_true", help="add torch.compile variants beside eager")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES[1:], default="default",
-                   help="torch.compile mode for --compile; step: compiled model and the whole step in one CUDA graph")
+    p.add_argument("--compile-mode", type=csv_list(str, COMPILE_MODES[1:]),
+                   help="torch.compile mode(s) beside eager, e.g. reduce-overhead,step (implies --compile; default: "
+                        "default); step: compiled model and the whole step in one CUDA graph")
     p.add_argument("--memory-format", type=csv_list(str, MEMORY_FORMATS), default=["contiguous"], help="contiguous,channels_last")
     p.add_argument("--batch-size", type=csv_list(positive), help="training batch size(s), e.g. 32,512 (profile default 32)")
     p.add_argument("--loader", type=csv_list(str, LOADERS), help="torch,resident,dali (profile default: quick resident, seed torch)")
@@ -95,7 +96,7 @@ def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
     profile = PROFILES[profile_name]
     amp_dtype = amp_dtype or args.amp_dtype
     variants = build_matrix(args.arch, args.downsample, ["fp32", amp_dtype] if args.amp else ["fp32"],
-                            ["none", args.compile_mode] if args.compile else ["none"], args.memory_format,
+                            compile_modes(args), args.memory_format,
                             args.batch_size or profile["batch_size"], args.loader or profile["loader"], args.channels)
     if profile["pipeline_epochs"] and not args.loader:
         variants = with_pipeline_rows(variants, profile["pipeline_epochs"], dali_available())
@@ -104,6 +105,13 @@ def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
         raise SystemExit(f"error: --variants {' '.join(args.variants)} matches none of the {len(variants)} variants "
                          "(see `python -m bench list`)")
     return chosen
+
+
+def compile_modes(args) -> list[str]:
+    """Eager, and the modes --compile-mode names (--compile alone: mode default)."""
+    if args.compile_mode:
+        return ["none", *args.compile_mode]
+    return ["none", "default"] if args.compile else ["none"]
 
 
 def with_pipeline_rows(variants: list, epochs: int, dali: bool) -> list:

@@ -19,7 +19,7 @@ from bench import distributed
 from bench.config import RunConfig, RunContext
 from bench.instruments import memory, mfu
 from bench.instruments.timing import Clock, StepTimes, percentiles, rate, time_calls
-from bench.worker.reference_loop import reference_samples_per_s
+from bench.worker.reference_loop import efficiency, reference_rates
 from bench.worker.trainer import Trainer
 from bench.variants import Variant
 from kernels.select import use_kernel
@@ -211,15 +211,15 @@ def _inference(trainer: Trainer, val_loader, variant: Variant, cfg: RunConfig) -
     return rows
 
 
-def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> float:
-    """The plain loop's samples/s for the variant's model settings, once per run (the loader is
-    not part of it, so variants that differ only in loader share it)."""
+def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> list[float]:
+    """The plain loop's samples/s of each round for the variant's model settings, once per run
+    (the loader is not part of it, so variants that differ only in loader share it)."""
     if cfg.reference_steps < 1:
-        return math.nan
+        return []
     key = replace(variant, loader="", epochs=None)
     if key not in ctx.reference_cache:
-        ctx.reference_cache[key] = reference_samples_per_s(variant, cfg.device, cfg.reference_steps,
-                                                           warmup=cfg.warmup_steps, lr=cfg.lr, seed=cfg.seed)
+        ctx.reference_cache[key] = reference_rates(variant, cfg.device, cfg.reference_steps,
+                                                   warmup=cfg.warmup_steps, lr=cfg.lr, seed=cfg.seed)
     return ctx.reference_cache[key]
 
 
@@ -261,9 +261,9 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     peak = memory.read_peak(cfg.device)
     dynamo = _dynamo_counts()  # before the reference loop, which compiles a model of its own
     _mark(ctx, f"{variant.name}:reference")
-    reference_sps = _reference(variant, cfg, ctx)
+    reference = _reference(variant, cfg, ctx)
     _mark(ctx, "idle")
-    row = summarise(variant, cfg, runs, inference, dynamo, reference_sps)
+    row = summarise(variant, cfg, runs, inference, dynamo, reference)
     row.update(peak)
     row.update(_nvml_columns(last, cfg, ctx))
     return VariantResult(row, [c for r in runs for c in r.curves], inference, robustness)
@@ -299,7 +299,7 @@ def _mark(ctx: RunContext, label: str) -> None:
 
 
 def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inference: list[dict], dynamo: dict,
-              reference_sps: float) -> dict:
+              reference: list[float]) -> dict:
     """The result row of a variant's training runs (everything but memory and NVML columns)."""
     last, w = runs[-1], cfg.warmup_steps
     data_ms = np.concatenate([r.data_ms[w:] for r in runs])
@@ -325,7 +325,7 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
         "sec_per_epoch": float(np.mean([c["epoch_s"] for c in curves])), "first_epoch_s": last.curves[0]["epoch_s"],
         "train_samples_per_s": train_sps,
         "train_samples_per_s_std": float(np.std(windows, ddof=1)) if len(windows) > 1 else math.nan,
-        "reference_samples_per_s": reference_sps, "harness_efficiency": train_sps / reference_sps,
+        **efficiency(train_sps, windows, reference),  # with the plain loop's rounds, an interval
         **{f"step_ms_{k}": v for k, v in percentiles(step_ms).items()},
         "data_wait_ms_mean": float(data_ms.mean()) if len(data_ms) else math.nan,
         "compute_ms_mean": float(compute_ms.mean()) if len(compute_ms) else math.nan,
