@@ -14,7 +14,7 @@ from bench.worker import runner
 from bench.config import RunConfig, RunContext
 from bench.instruments.nvml import COLUMNS
 from bench.worker import reference_loop, trainer as trainer_module
-from bench.worker.reference_loop import efficiency, reference_rates
+from bench.worker.reference_loop import efficiency, reference_samples_per_s
 from bench.worker.trainer import Trainer, adam
 from bench.variants import Variant
 from loaders.dataset import discover_ids
@@ -44,7 +44,7 @@ def test_reference_loop_trains_the_variant_model(monkeypatch):
     built, batches = _built_models(monkeypatch), []
     real_loss = reference_loop.F.cross_entropy
     monkeypatch.setattr(reference_loop.F, "cross_entropy", lambda logits, label: batches.append(len(label)) or real_loss(logits, label))
-    rates = reference_rates(Variant("add", memory_format="channels_last", batch_size=4), torch.device("cpu"), steps=2,
+    rates = reference_samples_per_s(Variant("add", memory_format="channels_last", batch_size=4), torch.device("cpu"), steps=2,
                             warmup=1, min_rounds=3, max_rounds=3)
     (model,) = built
     assert count_parameters(model) == 7_074_334 and batches == [4] * (1 + 3 * 2)
@@ -59,7 +59,7 @@ def test_reference_loop_trains_the_variant_model(monkeypatch):
 def test_reference_loop_builds_the_variants_channel_layout(monkeypatch):
     """harness_efficiency compares like with like: an aligned variant's plain loop trains the aligned network."""
     built = _built_models(monkeypatch)
-    reference_rates(Variant("add", channels="aligned", batch_size=2), torch.device("cpu"), 1, 1, min_rounds=2, max_rounds=2)
+    reference_samples_per_s(Variant("add", channels="aligned", batch_size=2), torch.device("cpu"), 1, 1, min_rounds=2, max_rounds=2)
     assert [count_stored_parameters(m) > count_parameters(m) for m in built] == [True]
 
 
@@ -70,8 +70,8 @@ def test_reference_rounds_stop_once_resolved_or_at_the_cap(monkeypatch):
     def rounds(pattern):
         calls = iter(range(100))
         monkeypatch.setattr(reference_loop, "time_calls",
-                            lambda fn, steps, device: __import__("numpy").full(steps, pattern[next(calls) % len(pattern)]))
-        return reference_rates(Variant("add", batch_size=2), torch.device("cpu"), 2, 0, min_rounds=3, max_rounds=6)
+                            lambda fn, steps, device, warmup: __import__("numpy").full(steps, pattern[next(calls) % len(pattern)]))
+        return reference_samples_per_s(Variant("add", batch_size=2), torch.device("cpu"), 2, 0, min_rounds=3, max_rounds=6)
     assert rounds([10.0]) == pytest.approx([200.0] * 3)  # steady: resolved at the minimum
     assert len(rounds([10.0, 20.0])) == 6  # 200, 100, 200, ... samples/s never resolve: the cap
 
@@ -157,7 +157,7 @@ def test_step_mode_captures_on_the_first_batch_and_trains_like_eager(cfg, monkey
 
 def test_reference_is_measured_once_per_model_setting(cfg, monkeypatch):
     calls = []
-    monkeypatch.setattr(runner, "reference_rates", lambda v, *a, **k: calls.append(v.name) or [900.0, 1100.0])
+    monkeypatch.setattr(runner, "reference_samples_per_s", lambda v, *a, **k: calls.append(v.name) or [900.0, 1100.0])
     ctx, variant = RunContext(), Variant("add", batch_size=8, loader="resident")
     rows = [runner.measure(v, replace(cfg, epochs=1), ctx).row for v in (variant, replace(variant, loader="torch", epochs=1))]
     assert len(calls) == 1

@@ -19,7 +19,7 @@ from bench import distributed
 from bench.config import RunConfig, RunContext
 from bench.instruments import memory, mfu
 from bench.instruments.timing import Clock, StepTimes, percentiles, rate, time_calls
-from bench.worker.reference_loop import efficiency, reference_rates
+from bench.worker.reference_loop import efficiency, reference_samples_per_s
 from bench.worker.trainer import Trainer
 from bench.variants import Variant
 from kernels.select import use_kernel
@@ -218,8 +218,8 @@ def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> list[float]
         return []
     key = replace(variant, loader="", epochs=None)
     if key not in ctx.reference_cache:
-        ctx.reference_cache[key] = reference_rates(variant, cfg.device, cfg.reference_steps,
-                                                   warmup=cfg.warmup_steps, lr=cfg.lr, seed=cfg.seed)
+        ctx.reference_cache[key] = reference_samples_per_s(variant, cfg.device, cfg.reference_steps,
+                                                           warmup=cfg.warmup_steps, lr=cfg.lr, seed=cfg.seed)
     return ctx.reference_cache[key]
 
 
