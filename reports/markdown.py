@@ -68,8 +68,9 @@ def efficiency_note(ok: pd.DataFrame) -> str:
 
 def quick_note(first: pd.Series) -> str:
     """The quick profile checks the pipeline; the seed's accuracy needs the seed's job."""
+    epochs = int(first["epochs"])
     return (f"Profile quick: this run checks that every part of the pipeline works on this machine. It does not "
-            f"converge ({int(first['epochs'])} epochs of {int(first['train_samples']):,} samples at the seed's lr 1e-4), "
+            f"converge ({epochs} epoch{'s' * (epochs != 1)} of {int(first['train_samples']):,} samples at the seed's lr 1e-4), "
             "so its accuracies say nothing about the networks. The seed's accuracy comes from the seed's job: "
             "`python -m bench all --profile seed` (all data, 20 epochs, batch 32; on a CPU add `--loader resident` "
             "so the cores train rather than decode PNGs).")

@@ -39,8 +39,8 @@ EFFICIENCY_RESOLUTION = 0.05  # an efficiency interval narrower than this is res
 
 
 def reference_samples_per_s(variant: Variant, device: torch.device, steps: int, warmup: int = 5, lr: float = 1e-4,
-                            seed: int = 42, min_rounds: int = 3, max_rounds: int = 10,
-                            budget_s: float = 10.0) -> list[float]:
+                            seed: int = 42, min_rounds: int = 3, max_rounds: int = 5,
+                            budget_s: float = 5.0) -> list[float]:
     """Training samples/s of the plain loop in each round of `steps` steps, after `warmup`
     (compilation) steps: at least `min_rounds`, then until resolved (PLAIN_RESOLUTION) or
     `max_rounds` or `budget_s` seconds of rounds."""
