@@ -21,16 +21,19 @@ from models import ARCHITECTURES, DOWNSAMPLES
 # beside each network it measures the seed's own pipeline (torch DataLoader, fp32, eager) and,
 # where DALI imports, DALI-fed rows, each for `pipeline_epochs` epochs: enough for a steady
 # throughput and data-wait share, short enough that the run fits 8 minutes on one H100.
-# `seed` is the seed's exact job alone. `quick` fits two CPU cores in about five minutes: the
-# resident loader so the cores train rather than decode PNGs, and batch 16 so the seed's lr 1e-4
-# gets enough steps to learn. reference_steps: timed steps of the plain reference loop.
+# `seed` is the seed's exact job alone. `quick` checks the pipeline on two CPU cores and does not
+# converge (the report says so): the resident loader so the cores train rather than decode PNGs,
+# 512 training samples (a CPU trains per sample, so the subset sets the time; three epochs give
+# three steady windows for the throughput's spread) and batch 16 so the seed's lr 1e-4 moves the
+# weights in the steps it has. reference_steps: timed steps of each round of the plain reference
+# loop (at least three rounds, see bench.worker.reference_loop).
 PROFILES = {
-    "quick": {"epochs": 3, "batch_size": [16], "loader": ["resident"], "train_limit": 1024, "val_limit": 160,
-              "infer_iters": 3, "reference_steps": 20, "pipeline_epochs": None},
+    "quick": {"epochs": 3, "batch_size": [16], "loader": ["resident"], "train_limit": 512, "val_limit": 160,
+              "infer_iters": 3, "reference_steps": 5, "pipeline_epochs": None},
     "gpu": {"epochs": 20, "batch_size": [32], "loader": ["resident"], "train_limit": None, "val_limit": None,
-            "infer_iters": 50, "reference_steps": 200, "pipeline_epochs": 3},
+            "infer_iters": 50, "reference_steps": 100, "pipeline_epochs": 3},
     "seed": {"epochs": 20, "batch_size": [32], "loader": ["torch"], "train_limit": None, "val_limit": None,
-             "infer_iters": 50, "reference_steps": 200, "pipeline_epochs": None},
+             "infer_iters": 50, "reference_steps": 100, "pipeline_epochs": None},
 }
 # --robustness default per profile: evaluating the 12 conditions costs ~7-8 validation passes,
 # ~4 % of a seed-profile run (CPU, add), so it is on wherever the run is a full study.
@@ -138,9 +141,9 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="add autocast variants beside fp32")
     p.add_argument("--amp-dtype", choices=("bf16", "fp16"), help="autocast dtype for --amp (default bf16; fp16 uses GradScaler)")
     p.add_argument("--compile", action="store_true", help="add torch.compile variants beside eager")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES[1:],
-                   help="torch.compile mode for --compile (default: default); step: compiled model and the whole "
-                        "step in one CUDA graph")
+    p.add_argument("--compile-mode", type=csv_list(str, COMPILE_MODES[1:]),
+                   help="torch.compile mode(s) beside eager, e.g. reduce-overhead,step (with --compile; --compile "
+                        "alone: default); step: compiled model and the whole step in one CUDA graph")
     p.add_argument("--memory-format", type=csv_list(str, MEMORY_FORMATS), default=["contiguous"], help="contiguous,channels_last")
     p.add_argument("--batch-size", type=csv_list(positive), help="training batch size(s), e.g. 32,512 (profile default 32)")
     p.add_argument("--loader", type=csv_list(str, LOADERS), help="torch,resident,dali (profile default: quick resident, seed torch)")
@@ -158,7 +161,7 @@ def matrix(args, profile_name: str, amp_dtype: str | None = None) -> list:
     profile = PROFILES[profile_name]
     amp_dtype = amp_dtype or args.amp_dtype or "bf16"
     variants = build_matrix(args.arch, args.downsample, ["fp32", amp_dtype] if args.amp else ["fp32"],
-                            ["none", args.compile_mode or "default"] if args.compile else ["none"], args.memory_format,
+                            compile_modes(args), args.memory_format,
                             args.batch_size or profile["batch_size"], args.loader or profile["loader"], args.channels)
     if profile["pipeline_epochs"] and not args.loader:
         variants = with_pipeline_rows(variants, profile["pipeline_epochs"], dali_available())
@@ -176,6 +179,13 @@ def check_matrix_args(args) -> None:
         raise UsageError(f"--compile-mode {args.compile_mode} needs --compile (without it every variant runs eager)")
     if args.amp_dtype and not args.amp:
         raise UsageError(f"--amp-dtype {args.amp_dtype} needs --amp (without it every variant trains in fp32)")
+
+
+def compile_modes(args) -> list[str]:
+    """Eager, and the modes --compile-mode names (--compile alone: mode default)."""
+    if args.compile_mode:
+        return ["none", *args.compile_mode]
+    return ["none", "default"] if args.compile else ["none"]
 
 
 def with_pipeline_rows(variants: list, epochs: int, dali: bool) -> list:

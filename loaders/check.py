@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from loaders.dataset import CLASSES, DatasetError, load_angles, read_depth, read_rgba, sample_files
+from loaders.dataset import DatasetError, class_angles, read_depth, read_rgba, sample_files
 
 SHOWN_PROBLEMS = 10
 
@@ -51,8 +51,9 @@ class SampleCheck:
     depth_shape: tuple | None  # from the .npy header; None when the file could not be read
 
 
-def check_sample(root: str, sample_id: str) -> SampleCheck:
-    """One sample read as the loaders read it; a broken one's depth shape comes from its header."""
+def check_sample(root: str, sample_id: str, angles: dict) -> SampleCheck:
+    """One sample read as the loaders read it, against its folder's tables in `angles`
+    (class_angles); a broken one's depth shape comes from its header."""
     digest = hashlib.blake2b(sample_id.encode(), digest_size=16)
     depth_bytes = b""
     try:
@@ -60,7 +61,7 @@ def check_sample(root: str, sample_id: str) -> SampleCheck:
         depth_bytes, rgb_bytes = files.lidar.read_bytes(), files.rgb.read_bytes()
         digest.update(depth_bytes)
         digest.update(rgb_bytes)
-        azimuth, zenith = load_angles(root, files.folder)
+        azimuth, zenith = angles[files.folder]
         depth = read_depth(files.lidar, azimuth, zenith, source=io.BytesIO(depth_bytes))
         read_rgba(files.rgb, depth.shape, source=io.BytesIO(rgb_bytes))
     except DatasetError as error:
@@ -81,11 +82,11 @@ def npy_shape(data: bytes) -> tuple | None:
         return None
 
 
-def angle_table_problems(root: str, folder: str, shapes: Counter) -> list[str]:
+def angle_table_problems(root: str, folder: str, shapes: Counter, angles: dict) -> list[str]:
     """One line per angle table of `folder` whose length fits none of its checked depth maps
     (`shapes`: how many maps have each shape), measured against the maps' most common shape; the
     maps are then not at fault. Empty when some map has the tables' shape."""
-    azimuth, zenith = load_angles(root, folder)
+    azimuth, zenith = angles[folder]
     if not shapes or (len(azimuth), len(zenith)) in shapes:
         return []
     shape, count = shapes.most_common(1)[0]
@@ -107,29 +108,30 @@ def check_dataset(root: str | Path, sample_ids: list[str], workers: int | None =
     CheckResult.raise_if_broken), only for unreadable angle tables, which every sample needs."""
     root = str(Path(root).expanduser())
     workers = workers or os.cpu_count() or 2
-    angles = hashlib.blake2b(digest_size=16)
-    for folder in sorted(CLASSES):
-        for table in load_angles(root, folder):
-            angles.update(table.tobytes())
+    angles = class_angles(root)
+    tables = hashlib.blake2b(digest_size=16)
+    for folder in sorted(angles):
+        for table in angles[folder]:
+            tables.update(table.tobytes())
     with ThreadPoolExecutor(max(workers, 1)) as pool:
-        results = list(tqdm(pool.map(lambda i: check_sample(root, i), sample_ids), total=len(sample_ids),
+        results = list(tqdm(pool.map(lambda i: check_sample(root, i, angles), sample_ids), total=len(sample_ids),
                             desc="checking data", unit="sample", disable=not progress, leave=False))
-    total = hashlib.blake2b(angles.digest(), digest_size=16)
+    total = hashlib.blake2b(tables.digest(), digest_size=16)
     for sample_id, result in sorted(zip(sample_ids, results), key=lambda pair: pair[0]):
         total.update(result.digest.encode())
-    return CheckResult(len(sample_ids), _problems(root, sample_ids, results), total.hexdigest())
+    return CheckResult(len(sample_ids), _problems(root, sample_ids, results, angles), total.hexdigest())
 
 
-def _problems(root: str, sample_ids: list[str], results: list[SampleCheck]) -> list[str]:
+def _problems(root: str, sample_ids: list[str], results: list[SampleCheck], angles: dict) -> list[str]:
     """The samples' problems, with a wrong angle table named once in place of the problems of its
     folder's depth maps that only disagree with it."""
     if not any(r.problem for r in results):
         return []
     folders = [sample_files(root, sample_id).folder for sample_id in sample_ids]
     problems, blamed = [], {}  # blamed: folder -> the depth-map shape its tables do not fit
-    for folder in sorted(CLASSES):
+    for folder in sorted(angles):
         shapes = Counter(r.depth_shape for f, r in zip(folders, results) if f == folder and r.depth_shape is not None)
-        tables = angle_table_problems(root, folder, shapes)
+        tables = angle_table_problems(root, folder, shapes, angles)
         if tables:
             problems += tables
             blamed[folder] = shapes.most_common(1)[0][0]

@@ -5,9 +5,9 @@ half-broken dataset produces numbers nobody can trust.
 """
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,13 @@ CLASSES = {"cubes": ("cube", 0), "spheres": ("sphere", 1)}
 PREFIX_TO_FOLDER = {prefix: folder for folder, (prefix, _) in CLASSES.items()}
 NO_RETURN_DEPTH = 50.0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# numpy parses every .npy header with ast.literal_eval, and CPython 3.11 shares the AST
+# constructor's recursion counter between threads: a garbage collection that runs a finaliser
+# mid-parse lets another thread's parse corrupt it ("SystemError: AST constructor recursion depth
+# mismatch", python/cpython#106905). numpy has no header reader without literal_eval, so every
+# .npy read of the loaders holds this lock; a 64x64 map takes microseconds, PNG decoding runs free.
+_NPY_LOCK = threading.Lock()
 
 
 class DatasetError(ValueError):
@@ -87,9 +94,15 @@ def label_of(sample_id: str) -> int:
     return CLASSES[PREFIX_TO_FOLDER[prefix]][1]
 
 
+def load_npy(source) -> np.ndarray:
+    """np.load of a path or file object, safe on any number of threads (see _NPY_LOCK)."""
+    with _NPY_LOCK:
+        return np.load(source)
+
+
 def _load_vector(path: Path) -> np.ndarray:
     try:
-        array = np.load(path)
+        array = load_npy(path)
     except (OSError, ValueError) as error:
         raise DatasetError(f"cannot read {path}: {error}") from None
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
@@ -97,11 +110,15 @@ def _load_vector(path: Path) -> np.ndarray:
     return array.astype(np.float32)
 
 
-@lru_cache(maxsize=16)
 def load_angles(root: str | Path, folder: str) -> tuple[np.ndarray, np.ndarray]:
     """(azimuth [H], zenith [W]) of one class folder; azimuth indexes rows, zenith columns."""
     base = Path(root).expanduser() / folder
     return _load_vector(base / "azimuth.npy"), _load_vector(base / "zenith.npy")
+
+
+def class_angles(root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every class folder's angle tables, read once for all its samples."""
+    return {folder: load_angles(root, folder) for folder in CLASSES}
 
 
 def open_rgba(path: Path, source=None) -> Image.Image:
@@ -144,13 +161,12 @@ def resize_to(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.resize((width, height), Image.BILINEAR)
 
 
-def angle_tables(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def angle_tables(root: str | Path, angles: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(azimuth [C, H], zenith [C, W]) with row k belonging to the class whose label is k, so a
-    batch looks its tables up by label."""
-    root = str(Path(root).expanduser())
+    batch looks its tables up by label; from `angles` (class_angles) where already read."""
+    angles = angles or class_angles(root)
     folders = sorted(CLASSES, key=lambda folder: CLASSES[folder][1])
-    angles = [load_angles(root, folder) for folder in folders]
-    return np.stack([a for a, _ in angles]), np.stack([z for _, z in angles])
+    return np.stack([angles[f][0] for f in folders]), np.stack([angles[f][1] for f in folders])
 
 
 def read_rgba(path: Path, size: tuple[int, int], source=None) -> np.ndarray:
@@ -162,7 +178,7 @@ def read_depth(path: Path, azimuth: np.ndarray, zenith: np.ndarray, source=None)
     """The depth map as float32 [H, W] (float16/float64 maps are converted), checked against the
     angle tables of its folder; NaN or infinite depth is an error (a no-return is 50, not inf)."""
     try:
-        depth = np.load(path if source is None else source)
+        depth = load_npy(path if source is None else source)
     except (OSError, ValueError, EOFError) as error:
         raise DatasetError(f"cannot read depth map {path}: {error}") from None
     if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
@@ -181,10 +197,11 @@ def read_depth(path: Path, azimuth: np.ndarray, zenith: np.ndarray, source=None)
     return depth
 
 
-def read_sample(root: str | Path, sample_id: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """(rgba uint8 [H, W, 4] at the depth map's size, depth float32 [H, W], label), validated."""
+def read_sample(root: str | Path, sample_id: str, angles: dict | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rgba uint8 [H, W, 4] at the depth map's size, depth float32 [H, W], label), validated;
+    `angles` (class_angles) saves reading the folder's tables again for every sample."""
     files = sample_files(root, sample_id)
-    azimuth, zenith = load_angles(str(Path(root).expanduser()), files.folder)
+    azimuth, zenith = angles[files.folder] if angles else load_angles(root, files.folder)
     depth = read_depth(files.lidar, azimuth, zenith)
     return read_rgba(files.rgb, depth.shape), depth, files.label
 
@@ -223,10 +240,11 @@ def prepare_batch(rgba: torch.Tensor, depth: torch.Tensor, azimuth: torch.Tensor
 def decode_split(root: str | Path, sample_ids: list[str], workers: int = 4, progress: bool = False) -> dict:
     """uint8 RGBA [N, H, W, 4], float depth [N, H, W], labels [N] and per-class angle tables."""
     root = str(Path(root).expanduser())
+    angles = class_angles(root)
     with ThreadPoolExecutor(max(workers, 1)) as pool:
-        samples = list(tqdm(pool.map(lambda i: read_sample(root, i), sample_ids), total=len(sample_ids),
+        samples = list(tqdm(pool.map(lambda i: read_sample(root, i, angles), sample_ids), total=len(sample_ids),
                             desc="decode", unit="sample", disable=not progress, leave=False))
-    azimuth, zenith = angle_tables(root)
+    azimuth, zenith = angle_tables(root, angles)
     return {
         "rgba": torch.from_numpy(np.stack([s[0] for s in samples])),
         "depth": torch.from_numpy(np.stack([s[1] for s in samples])),

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from loaders.dataset import DatasetError, depth_to_xyza, load_angles, open_rgba, read_depth, sample_files
+from loaders.dataset import DatasetError, class_angles, depth_to_xyza, open_rgba, read_depth, sample_files
 from loaders.order import EpochSampler, ShardSampler
 
 
@@ -23,6 +23,7 @@ class FusionDataset(Dataset):
     def __init__(self, root: str | Path, sample_ids: list[str]):
         self.root = str(Path(root).expanduser())
         self.sample_ids = list(sample_ids)
+        self.angles = class_angles(self.root)  # read once here, not once per sample
         self.to_tensor = transforms.ToTensor()
 
     def __len__(self) -> int:
@@ -30,7 +31,7 @@ class FusionDataset(Dataset):
 
     def __getitem__(self, index: int):
         files = sample_files(self.root, self.sample_ids[index])
-        azimuth, zenith = load_angles(self.root, files.folder)
+        azimuth, zenith = self.angles[files.folder]
         depth = torch.from_numpy(read_depth(files.lidar, azimuth, zenith))
         rgb = self.to_tensor(transforms.Resize(tuple(depth.shape))(open_rgba(files.rgb)))
         lidar = depth_to_xyza(depth, torch.from_numpy(azimuth), torch.from_numpy(zenith))

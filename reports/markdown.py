@@ -76,6 +76,51 @@ def scored_samples(ok: pd.DataFrame) -> pd.Series:
     return world * (per_rank // batch * batch)
 
 
+def efficiency_cells(ok: pd.DataFrame) -> pd.Series:
+    """Harness efficiency with its 95 % interval ("1.02 (0.97-1.08)"), flagged "!" above 1; the
+    ratio alone where the run has no interval (one window, or a run written before intervals)."""
+    ratio = pd.to_numeric(ok.get("harness_efficiency", pd.Series(float("nan"), index=ok.index)), errors="coerce")
+    low = pd.to_numeric(ok.get("harness_efficiency_ci95_low", pd.Series(float("nan"), index=ok.index)), errors="coerce")
+    high = pd.to_numeric(ok.get("harness_efficiency_ci95_high", pd.Series(float("nan"), index=ok.index)), errors="coerce")
+
+    def cell(r, lo, hi):
+        if pd.isna(r):
+            return "n/a"
+        text = f"{r:.2f}" + ("" if pd.isna(lo) else f" ({lo:.2f}-{hi:.2f})")
+        return text + (" !" if r > 1 else "")
+    return pd.Series([cell(*v) for v in zip(ratio, low, high)], index=ok.index)
+
+
+def efficiency_note(ok: pd.DataFrame) -> str:
+    """What the efficiency column's intervals and flags mean, naming the rows they concern."""
+    ratio = pd.to_numeric(ok.get("harness_efficiency", pd.Series(dtype=float)), errors="coerce")
+    if ratio.isna().all():
+        return ""
+    lines = ["Harness efficiency: the row's samples/s over the plain loop's mean, with the 95 % interval from the "
+             "spread of the row's steady windows (epochs, or repeats) and of the plain loop's rounds."]
+    above = ok.loc[ratio > 1, "variant"].tolist()
+    if above:
+        lines.append(f"! Above 1 ({', '.join(above)}) is a measurement problem, not a harness faster than plain "
+                     "PyTorch: the plain loop does less per step, so the two were timed under different conditions "
+                     "(a shared or throttling machine, too few steps) and neither figure is to be trusted as it is.")
+    resolved = ok.get("harness_efficiency_resolved")
+    if resolved is not None:
+        unresolved = ok.loc[ratio.notna() & ~resolved.astype("boolean").fillna(False).astype(bool), "variant"].tolist()
+        if unresolved:
+            lines.append(f"Not resolved to 0.05 (interval wider, or none with a single window): {', '.join(unresolved)}.")
+    return " ".join(lines)
+
+
+def quick_note(first: pd.Series) -> str:
+    """The quick profile checks the pipeline; the seed's accuracy needs the seed's job."""
+    epochs = int(first["epochs"])
+    return (f"Profile quick: this run checks that every part of the pipeline works on this machine. It does not "
+            f"converge ({epochs} epoch{'s' * (epochs != 1)} of {int(first['train_samples']):,} samples at the seed's lr 1e-4), "
+            "so its accuracies say nothing about the networks. The seed's accuracy comes from the seed's job: "
+            "`python -m bench all --profile seed` (all data, 20 epochs, batch 32; on a CPU add `--loader resident` "
+            "so the cores train rather than decode PNGs).")
+
+
 def speed_table(ok: pd.DataFrame) -> str:
     table = pd.DataFrame({
         "variant": ok["variant"],
@@ -83,7 +128,7 @@ def speed_table(ok: pd.DataFrame) -> str:
         "train samples/s": ok["train_samples_per_s"],
         "± std": ok["train_samples_per_s_std"],
         "plain loop samples/s": ok.get("reference_samples_per_s"),
-        "harness efficiency": ok.get("harness_efficiency"),
+        "harness efficiency (95 % interval)": efficiency_cells(ok),
         "step ms p50": ok["step_ms_p50"],
         "p90": ok["step_ms_p90"],
         "p99": ok["step_ms_p99"],
@@ -94,7 +139,8 @@ def speed_table(ok: pd.DataFrame) -> str:
         "MFU % per GPU": 100 * mfu_per_gpu(ok),
     })
     digits = {c: 1 for c in table.columns if c not in ("variant", "loader")}
-    digits.update({"train samples/s": 0, "plain loop samples/s": 0, "harness efficiency": 2, "infer samples/s": 0,
+    digits.pop("harness efficiency (95 % interval)")
+    digits.update({"train samples/s": 0, "plain loop samples/s": 0, "infer samples/s": 0,
                    "step ms p50": 2, "p90": 2, "p99": 2, "MFU % per GPU": 2})
     text = _fmt(table, digits).to_markdown(index=False)
     return text + "\n\n" + MFU_NOTE if table["MFU % per GPU"].notna().any() else text
@@ -366,12 +412,18 @@ def write_report(run_dir: str | Path) -> Path:
                       f"{int(first['val_samples'])} validation samples"
                       + (": validation scores whole batches (the last partial one is dropped, as in the seed), so each "
                          "row's accuracy is over its `val scored` samples and moves in steps of 100 / that %."
-                         if partial else "."), "",
-                      "## Seed comparison", "", seed_table(ok), "",
+                         if partial else "."), ""]
+            if env.get("profile") == "quick":
+                lines += [quick_note(first), ""]
+            lines += ["## Seed comparison", "", seed_table(ok), "",
                       "## Speed", "", "Throughput and step latency exclude warm-up and compilation; data wait is "
                       "the share of each step spent waiting for the loader. Harness efficiency is the row's samples/s "
                       "over a plain PyTorch loop's with the same model settings on one fixed batch on the device.",
-                      "", speed_table(ok), "", noise_section(ok, read_table(run_dir / CURVES, key=None))]
+                      "", speed_table(ok), ""]
+            note = efficiency_note(ok)
+            if note:
+                lines += [note, ""]
+            lines += [noise_section(ok, read_table(run_dir / CURVES, key=None))]
             seed_pipeline = seed_pipeline_table(ok)
             if seed_pipeline:
                 lines += ["## Speed-up over the seed's way of training", "",

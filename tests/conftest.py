@@ -68,5 +68,5 @@ def tiny_config(tiny_data, split, **overrides) -> RunConfig:
     """A RunConfig small enough for a unit test on CPU: 16 train and 16 val samples, one epoch."""
     settings = dict(data_root=str(tiny_data), train_ids=split["train"][:16], val_ids=split["val"][:16],
                     device=torch.device("cpu"), epochs=1, warmup_steps=1, infer_iters=2, workers=0, progress=False,
-                    reference_steps=2)
+                    reference_steps=1)
     return RunConfig(**{**settings, **overrides})

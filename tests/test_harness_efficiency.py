@@ -1,6 +1,7 @@
 """Harness efficiency: the plain reference loop, the Trainer choices it exposed (fused Adam on
 CUDA, no GradScaler without fp16), and the energy windows of one measured variant."""
 
+import importlib
 import time
 from dataclasses import replace
 
@@ -13,7 +14,8 @@ from bench.worker import runner
 from bench.config import RunConfig, RunContext
 from bench.instruments.nvml import COLUMNS
 from bench.parent.matrix import nvml_columns
-from bench.worker.reference_loop import reference_samples_per_s
+from bench.worker import reference_loop, trainer as trainer_module
+from bench.worker.reference_loop import efficiency, reference_samples_per_s
 from bench.worker.trainer import Trainer, adam
 from bench.variants import Variant
 from loaders.dataset import discover_ids
@@ -26,30 +28,97 @@ def cfg(tiny_data):
     split = make_split(discover_ids(tiny_data), seed=42)
     return RunConfig(data_root=str(tiny_data), train_ids=split["train"][:16], val_ids=split["val"][:8],
                      device=torch.device("cpu"), epochs=2, warmup_steps=1, infer_iters=0, workers=0, progress=False,
-                     reference_steps=2)
+                     reference_steps=1)
 
 
-def test_reference_loop_trains_the_variant_model():
-    sps = reference_samples_per_s(Variant("add", memory_format="channels_last", batch_size=4), torch.device("cpu"),
-                                  steps=2, warmup=1)
-    assert sps > 0
+def _built_models(monkeypatch) -> list:
+    """The models the reference loop builds, as it builds them."""
+    built, real = [], reference_loop.build_model
+    monkeypatch.setattr(reference_loop, "build_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    return built
+
+
+def test_reference_loop_trains_the_variant_model(monkeypatch):
+    """The variant's network (add: 7,074,334 parameters) in its memory format, trained: every
+    warm-up and timed step computes a loss on a batch of the variant's size and moves the
+    weights away from the seeded init; one rate per round."""
+    built, batches = _built_models(monkeypatch), []
+    real_loss = reference_loop.F.cross_entropy
+    monkeypatch.setattr(reference_loop.F, "cross_entropy", lambda logits, label: batches.append(len(label)) or real_loss(logits, label))
+    rates = reference_samples_per_s(Variant("add", memory_format="channels_last", batch_size=4), torch.device("cpu"), steps=2,
+                            warmup=1, min_rounds=3, max_rounds=3)
+    (model,) = built
+    assert count_parameters(model) == 7_074_334 and batches == [4] * (1 + 3 * 2)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(42)
+    init = reference_loop.build_model("add", "maxpool")
+    assert all(not torch.equal(a, b) for a, b in zip(model.parameters(), init.parameters()))
+    assert len(rates) == 3 and all(r > 0 for r in rates)
 
 
 def test_reference_loop_builds_the_variants_channel_layout(monkeypatch):
     """harness_efficiency compares like with like: an aligned variant's plain loop trains the aligned network."""
-    from bench.worker import reference_loop
-    built, real = [], reference_loop.build_model
-    monkeypatch.setattr(reference_loop, "build_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
-    assert reference_samples_per_s(Variant("add", channels="aligned", batch_size=2), torch.device("cpu"), 1, 1) > 0
+    built = _built_models(monkeypatch)
+    reference_samples_per_s(Variant("add", channels="aligned", batch_size=2), torch.device("cpu"), 1, 1, min_rounds=2, max_rounds=2)
     assert [count_stored_parameters(m) > count_parameters(m) for m in built] == [True]
 
 
-def test_adam_is_fused_on_cuda_and_named_in_the_row():
-    params = [torch.nn.Parameter(torch.zeros(3))]
-    optimizer, name = adam(params, 1e-3, torch.device("cuda"))
-    assert name == "adam-fused" and optimizer.defaults["fused"] is True
-    optimizer, name = adam(params, 1e-3, torch.device("cpu"))
-    assert name == "adam-forloop" and not optimizer.defaults["fused"]
+def test_reference_rounds_stop_once_resolved_or_at_the_cap(monkeypatch):
+    """At least min_rounds; beyond them, rounds go on while the 95 % interval of the mean rate is
+    wider than PLAIN_RESOLUTION, up to max_rounds (round times stood in for: 10 ms per step, and
+    20 ms in the noisy case's every other round)."""
+    def rounds(pattern):
+        calls = iter(range(100))
+        monkeypatch.setattr(reference_loop, "time_calls",
+                            lambda fn, steps, device, warmup: __import__("numpy").full(steps, pattern[next(calls) % len(pattern)]))
+        return reference_samples_per_s(Variant("add", batch_size=2), torch.device("cpu"), 2, 0, min_rounds=3, max_rounds=6)
+    assert rounds([10.0]) == pytest.approx([200.0] * 3)  # steady: resolved at the minimum
+    assert len(rounds([10.0, 20.0])) == 6  # 200, 100, 200, ... samples/s never resolve: the cap
+
+
+def test_efficiency_interval_from_both_sides():
+    """Known answers: no spread, a zero-width interval; spread on both sides, the Welch interval
+    on the log scale written out; fewer than two values on a side, no interval."""
+    exact = efficiency(200.0, [200.0, 200.0, 200.0], [100.0, 100.0])
+    assert exact["harness_efficiency"] == 2.0 and exact["reference_samples_per_s"] == 100.0
+    assert exact["harness_efficiency_ci95_low"] == exact["harness_efficiency_ci95_high"] == 2.0
+    assert exact["harness_efficiency_resolved"] and exact["reference_rounds"] == 2
+    h, p = [90.0, 110.0], [95.0, 100.0, 105.0]
+    got = efficiency(100.0, h, p)
+    vh, vp = np.var(np.log(h), ddof=1) / 2, np.var(np.log(p), ddof=1) / 3
+    df = (vh + vp) ** 2 / (vh ** 2 / 1 + vp ** 2 / 2)
+    from scipy import stats
+    half = stats.t.ppf(0.975, df) * np.sqrt(vh + vp)
+    assert got["harness_efficiency"] == 1.0
+    assert got["harness_efficiency_ci95_low"] == pytest.approx(np.exp(-half))
+    assert got["harness_efficiency_ci95_high"] == pytest.approx(np.exp(half))
+    assert not got["harness_efficiency_resolved"]  # 10 % apart from 2 epochs: far wider than 0.05
+    one = efficiency(100.0, [100.0], p)
+    assert one["harness_efficiency"] == 1.0 and np.isnan(one["harness_efficiency_ci95_low"])
+    assert not one["harness_efficiency_resolved"]
+    assert np.isnan(efficiency(100.0, h, [])["harness_efficiency"])  # no plain loop (--nproc, reference_steps 0)
+
+
+def test_adam_is_fused_on_cuda_and_named_in_the_row(cfg, monkeypatch):
+    """A Trainer that sets up Adam as on CUDA (CPU tensors stand in: torch's fused Adam runs on the
+    CPU too) runs Adam's fused kernel, one call per step for all parameters, and its row names
+    it; on the CPU the for-loop Adam runs, one parameter at a time, and is named so."""
+    adam_module = importlib.import_module("torch.optim.adam")
+    fused, single = [], []
+    real_fused, real_single = torch._fused_adam_, adam_module._single_tensor_adam
+    monkeypatch.setattr(torch, "_fused_adam_", lambda params, *a, **k: fused.append(len(params)) or real_fused(params, *a, **k))
+    monkeypatch.setattr(adam_module, "_single_tensor_adam",
+                        lambda params, *a, **k: single.append(len(params)) or real_single(params, *a, **k))
+    variant = Variant("add", batch_size=8, loader="resident")
+    cpu = Trainer(variant, cfg)
+    cpu.step(torch.rand(8, 4, 64, 64), torch.rand(8, 4, 64, 64), torch.zeros(8, dtype=torch.int64))
+    n_params = len(list(cpu.model.parameters()))
+    assert cpu.optimizer_name == "adam-forloop" and single == [n_params] and fused == []
+    single.clear()
+    monkeypatch.setattr(trainer_module, "adam", lambda params, lr, device: adam(params, lr, torch.device("cuda")))
+    row = runner.measure(variant, replace(cfg, epochs=1, reference_steps=0)).row
+    assert row["optimizer"] == "adam-fused" and fused == [n_params] * 2 and single == []  # 16 samples: 2 steps
 
 
 @pytest.mark.parametrize("precision,scaled", [("fp32", False), ("bf16", False), ("fp16", True)])
@@ -89,7 +158,7 @@ def test_step_mode_captures_on_the_first_batch_and_trains_like_eager(cfg, monkey
 
 def test_reference_is_measured_once_per_model_setting(cfg, monkeypatch):
     calls = []
-    monkeypatch.setattr(runner, "reference_samples_per_s", lambda v, *a, **k: calls.append(v.name) or 1000.0)
+    monkeypatch.setattr(runner, "reference_samples_per_s", lambda v, *a, **k: calls.append(v.name) or [900.0, 1100.0])
     ctx, variant = RunContext(), Variant("add", batch_size=8, loader="resident")
     rows = [runner.measure(v, replace(cfg, epochs=1), ctx).row for v in (variant, replace(variant, loader="torch", epochs=1))]
     assert len(calls) == 1

@@ -144,22 +144,27 @@ def test_fused_pooling_keeps_the_network_function_and_state_dict():
 
 
 def test_measure_and_tables_on_tiny_cases(tmp_path):
-    """The command's measuring and writing, with a one-call perf_counter timer instead of do_bench
-    and no compile (the interpreter's times mean nothing; only the bookkeeping is checked)."""
-    import time
-
-    def timer(fn):
-        start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1000
-
+    """The command's bookkeeping, each kernel checked against eager on tiny cases, with a timer of
+    known answers instead of do_bench (ms in the order measure times them: kernel, eager,
+    compiled; nothing runs, nothing compiles): a kernel wins only when faster than both eager and
+    compiled, never without a compiled time, and the tables name a kernel as used only where it
+    won every case."""
     cases = [*kernels_command.input_prep_cases([1], DEVICE, size=4), *kernels_command.relu_maxpool_cases([1], DEVICE, size=8)]
     assert len(cases) == 4 + 6
-    rows = [kernels_command.measure(case, timer, "test device", compile=False) for case in cases[::3]]
+    times = iter([1.0, 2.0, 3.0,  # input_prep: faster than both
+                  1.0, 2.0, 3.0,
+                  1.0, 2.0, 0.5,  # relu_maxpool: slower than compiled
+                  1.0, 2.0])  # relu_maxpool, no compiled time: faster than eager, yet no win
+    picked = cases[::3]
+    rows = [kernels_command.measure(case, lambda fn: next(times), "test device", compile=i < 3) for i, case in enumerate(picked)]
+    assert next(times, None) is None  # three timings per compiled case, two without
     text = kernels_command.write_tables(rows, tmp_path, "Kernels on test device", "note")
     table = __import__("pandas").read_csv(tmp_path / "kernels.csv")
-    assert len(table) == len(rows) and not table["wins"].any()  # no compiled time: nothing can win
-    assert "relu_maxpool" in text and "Used on this GPU (the kernel wins every case): none" in text
+    assert table["kernel"].tolist() == [c.kernel for c in picked] == ["input_prep"] * 2 + ["relu_maxpool"] * 2
+    assert table["wins"].tolist() == [True, True, False, False]
+    assert table["speedup_vs_eager"].tolist() == [2.0] * 4 and table["speedup_vs_compiled"].tolist()[:3] == [3.0, 3.0, 0.5]
+    assert table["compiled_ms"].isna().tolist() == [False, False, False, True]
+    assert "Used on this GPU (the kernel wins every case): input_prep." in text
 
 
 def test_a_kernel_is_used_only_where_it_won_every_case_on_this_gpu(tmp_path, monkeypatch):

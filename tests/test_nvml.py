@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pynvml
 import pytest
 import torch
 
@@ -139,8 +140,38 @@ def test_sampler_thread_with_faked_nvml(monkeypatch, tmp_path):
 
 
 def test_unavailable_reason_on_cpu():
-    reason = nvml_unavailable_reason(torch.device("cpu"))
-    assert isinstance(reason, str) and reason
+    assert nvml_unavailable_reason(torch.device("cpu")) == "no CUDA device"
+
+
+class FakeProps:
+    pci_domain_id, pci_bus_id, pci_device_id = 0, 0x1B, 0
+
+
+@pytest.mark.parametrize("init_error,handle_error,expected", [
+    (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, None, "pynvml could not initialise: NVML Shared Library Not Found"),
+    (None, pynvml.NVML_ERROR_NOT_FOUND, "no NVML device at PCI bus id 00000000:1b:00.0: Not Found"),
+    (None, None, None),
+])
+def test_unavailable_reason_names_the_cause_on_cuda(monkeypatch, init_error, handle_error, expected):
+    """NVML not loadable, or no NVML device at the CUDA device's bus id (looked up by bus id, not
+    index), each named; None when the handle is found; NVML shut down after every lookup."""
+    calls = []
+
+    def fail_with(code, then=None):
+        def call(*args):
+            calls.append(args)
+            if code is not None:
+                raise pynvml.NVMLError(code)
+            return then
+        return call
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: FakeProps)
+    monkeypatch.setattr(pynvml, "nvmlInit", fail_with(init_error))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByPciBusId", fail_with(handle_error, then="handle"))
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: calls.append("shutdown"))
+    assert nvml_unavailable_reason(torch.device("cuda", 0)) == expected
+    assert calls == ([()] if init_error else [(), ("00000000:1b:00.0",), "shutdown"])
 
 
 @pytest.mark.gpu

@@ -99,8 +99,8 @@ def _measure(variant: Variant, cfg: RunConfig, ctx: RunContext, isolation: Isola
         worker_ctx = RunContext(reference_cache=dict(ctx.reference_cache), decoded_dir=ctx.decoded_dir)
         result = workers.run(isolation.target, variant, cfg, worker_ctx, timeout_s=isolation.timeout_s,
                              nproc=isolation.nproc)
-        if math.isfinite(result.row.get("reference_samples_per_s", math.nan)):  # later workers reuse it
-            ctx.reference_cache.setdefault(reference_key(variant), result.row["reference_samples_per_s"])
+        if result.reference:  # the plain loop's rounds: later workers with the same model settings reuse them
+            ctx.reference_cache.setdefault(reference_key(variant), result.reference)
     if ctx.sampler is not None and result.phases is not None:
         for at, label in result.phases.marks:
             ctx.sampler.mark(label, at=at)

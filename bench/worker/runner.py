@@ -21,7 +21,7 @@ from bench import distributed
 from bench.config import RunConfig, RunContext
 from bench.instruments import memory, mfu
 from bench.instruments.timing import Clock, StepTimes, percentiles, rate, time_calls
-from bench.worker.reference_loop import reference_samples_per_s
+from bench.worker.reference_loop import efficiency, reference_samples_per_s
 from bench.worker.trainer import Trainer
 from bench.variants import Variant
 from kernels.select import use_kernel
@@ -42,6 +42,7 @@ class VariantResult:
     robustness: list[dict] = field(default_factory=list)  # a row per bench.worker.robustness condition
     steps: list[dict] = field(default_factory=list)  # a row per timed step (steps.csv), for verdicts on short runs
     phases: "Phases | None" = None  # where the parent cuts its NVML timeline for this variant
+    reference: list[float] = field(default_factory=list)  # the plain loop's samples/s per round, for reuse
 
 
 @dataclass
@@ -276,11 +277,11 @@ def _inference(trainer: Trainer, val_loader, variant: Variant, cfg: RunConfig) -
     return rows
 
 
-def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> float:
-    """The plain loop's samples/s for the variant's model settings, once per run (the loader is
-    not part of it, so variants that differ only in loader share it)."""
+def _reference(variant: Variant, cfg: RunConfig, ctx: RunContext) -> list[float]:
+    """The plain loop's samples/s of each round for the variant's model settings, once per run
+    (the loader is not part of it, so variants that differ only in loader share it)."""
     if cfg.reference_steps < 1:
-        return math.nan
+        return []
     key = reference_key(variant)
     if key not in ctx.reference_cache:
         ctx.reference_cache[key] = reference_samples_per_s(variant, cfg.device, cfg.reference_steps,
@@ -320,14 +321,14 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
         marks.append((time.perf_counter(), f"{variant.name}:energy"))
     energy_window, energy_steps = train_energy_window(last, cfg)  # after the figures of the epochs
     marks.append((time.perf_counter(), f"{variant.name}:reference"))
-    reference_sps = _reference(variant, cfg, ctx)
+    reference = _reference(variant, cfg, ctx)
     marks.append((time.perf_counter(), "idle"))
-    row = summarise(variant, cfg, runs, inference, dynamo, reference_sps)
+    row = summarise(variant, cfg, runs, inference, dynamo, reference)
     row.update(peak)
     phases = Phases(last.t_start, last.t_end, len(last.data_ms), variant.batch_size, last.time_to_target,
                     last.warmup_window, last.steady_windows, last.eval_windows, marks, energy_window, energy_steps)
     return VariantResult(row, [c for r in runs for c in r.curves], inference, robustness,
-                         step_rows(variant, cfg, runs), phases)
+                         step_rows(variant, cfg, runs), phases, reference)
 
 
 def step_rows(variant: Variant, cfg: RunConfig, runs: list[TrainingRun]) -> list[dict]:
@@ -368,7 +369,7 @@ def _reduce_condition(row: dict, batch_size: int, cfg: RunConfig) -> dict:
 
 
 def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inference: list[dict], dynamo: dict,
-              reference_sps: float) -> dict:
+              reference: list[float]) -> dict:
     """The result row of a variant's training runs (everything but memory and NVML columns)."""
     last, w = runs[-1], cfg.warmup_steps
     data_ms = np.concatenate([r.data_ms[w:] for r in runs])
@@ -394,7 +395,7 @@ def summarise(variant: Variant, cfg: RunConfig, runs: list[TrainingRun], inferen
         "sec_per_epoch": float(np.mean([c["epoch_s"] for c in curves])), "first_epoch_s": last.curves[0]["epoch_s"],
         "train_samples_per_s": train_sps,
         "train_samples_per_s_std": float(np.std(windows, ddof=1)) if len(windows) > 1 else math.nan,
-        "reference_samples_per_s": reference_sps, "harness_efficiency": train_sps / reference_sps,
+        **efficiency(train_sps, windows, reference),  # with the plain loop's rounds, an interval
         **{f"step_ms_{k}": v for k, v in percentiles(step_ms).items()},
         "data_wait_ms_mean": float(data_ms.mean()) if len(data_ms) else math.nan,
         "compute_ms_mean": float(compute_ms.mean()) if len(compute_ms) else math.nan,
