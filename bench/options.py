@@ -176,7 +176,7 @@ def check_matrix_args(args) -> None:
     """A flag that only qualifies another must not be given alone: without it the matrix would
     silently run something else (every variant eager, or fp32)."""
     if args.compile_mode and not args.compile:
-        raise UsageError(f"--compile-mode {args.compile_mode} needs --compile (without it every variant runs eager)")
+        raise UsageError(f"--compile-mode {','.join(args.compile_mode)} needs --compile (without it every variant runs eager)")
     if args.amp_dtype and not args.amp:
         raise UsageError(f"--amp-dtype {args.amp_dtype} needs --amp (without it every variant trains in fp32)")
 

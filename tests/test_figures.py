@@ -42,7 +42,7 @@ def test_mfu_is_one_gpus_share_of_all_ranks_samples(monkeypatch, world_size):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: H200)
     monkeypatch.setattr(runner.distributed, "global_samples_per_s", lambda samples, seconds, device: world_size * samples / seconds)
     cuda = RunConfig(**{**cpu.__dict__, "device": torch.device("cuda", 0)})
-    row = runner.summarise(variant, cuda, [run], [], {"graphs": 0, "graph_breaks": 0}, reference_sps=float("nan"))
+    row = runner.summarise(variant, cuda, [run], [], {"graphs": 0, "graph_breaks": 0}, reference=[])
     assert row["train_samples_per_s"] == pytest.approx(world_size * 3200)
     assert row["mfu_per_gpu"] == pytest.approx(row["flops_per_sample"] * 3200 / peak_flops(H200, "bf16"))
 
@@ -63,7 +63,7 @@ def test_aligned_widths_count_logical_flops_for_mfu_and_stored_flops_beside_them
 
 def test_report_names_mfu_per_gpu_and_converts_runs_from_before_the_name():
     new = pd.DataFrame({"variant": ["a"], "loader": ["resident"], "loader_form": ["resident"], "world_size": [2],
-                        "mfu_per_gpu": [0.25], "target_acc": [99.0]})
+                        "mfu_per_gpu": [0.25], "target_acc": [99.0], "compile_mode": ["none"]})
     old = new.drop(columns="mfu_per_gpu").assign(mfu=[0.5])  # all ranks' samples/s over one GPU's peak
     for table in (new, old):
         text = speed_table(table.reindex(columns=[*table.columns, "train_samples_per_s", "train_samples_per_s_std",
@@ -127,6 +127,7 @@ def test_dali_rows_say_their_cuda_peak_leaves_out_dalis_pool_with_nvml_beside_it
     assert memory.excluded(cuda, "dali") and not memory.excluded(cuda, "resident") and not memory.excluded(cpu, "dali")
     rows = pd.DataFrame({"variant": ["add-resident", "add-dali"], "epochs": 3, "val_loss": 0.1, "accuracy": 99.0,
                          "params": 7074334, "sec_per_epoch": 1.0, "peak_mem_kind": "cuda_max_allocated",
+                         "val_samples": 1200, "batch_size": 32,
                          "peak_mem_mb": [700.0, 90.0], "peak_mem_excludes": ["", memory.excluded(cuda, "dali")],
                          "nvml_mem_peak_mb": [1500.0, 1900.0]})
     resident, dali = seed_table(rows).split("\n\n")

@@ -107,11 +107,12 @@ def test_step_compile_mode_and_channels_from_the_command_line(capsys):
     assert "wide not one of seed, aligned" in capsys.readouterr().err
 
 
-def test_compile_mode_takes_a_comma_list_and_implies_compile(capsys):
+def test_compile_mode_takes_a_comma_list(capsys):
     """Like every matrix flag: each mode named becomes a variant beside eager; --compile alone is
-    mode default; an unknown mode is refused with the allowed ones."""
+    mode default; an unknown mode is refused with the allowed ones (and a mode without --compile,
+    tests/test_faults.py)."""
     flags = ["list", "--arch", "add", "--loader", "resident", "--batch-size", "32"]
-    assert main([*flags, "--compile-mode", "reduce-overhead,step"]) == 0
+    assert main([*flags, "--compile", "--compile-mode", "reduce-overhead,step"]) == 0
     assert capsys.readouterr().out.split() == ["add-maxpool-fp32-eager-contig-resident-b32",
                                                "add-maxpool-fp32-compile_reduce-overhead-contig-resident-b32",
                                                "add-maxpool-fp32-compile_step-contig-resident-b32"]
@@ -119,7 +120,7 @@ def test_compile_mode_takes_a_comma_list_and_implies_compile(capsys):
     assert capsys.readouterr().out.split() == ["add-maxpool-fp32-eager-contig-resident-b32",
                                                "add-maxpool-fp32-compile_default-contig-resident-b32"]
     with pytest.raises(SystemExit):
-        main([*flags, "--compile-mode", "default,fast"])
+        main([*flags, "--compile", "--compile-mode", "default,fast"])
     assert "fast not one of default, reduce-overhead, max-autotune, step" in capsys.readouterr().err
 
 
