@@ -8,7 +8,8 @@ from reports.intervals import seeds_section
 from reports.results import CURVES, INFERENCE, RESULTS, lock_holder, read_env, read_plan, read_table, write_atomically
 from reports.robustness_report import ROBUSTNESS, robustness_section
 
-MEMORY_LABELS = {"cuda_max_allocated": "peak mem MB (CUDA max allocated)", "process_peak_rss": "peak mem MB (process peak RSS)"}
+MEMORY_LABELS = {"cuda_max_allocated": "peak mem MB (CUDA max allocated)", "process_peak_rss": "peak mem MB (process peak RSS)",
+                 "process_peak_rss_since_start": "peak mem MB (process peak RSS since its start: this kernel does not reset it)"}
 # Above this coefficient of variation of the per-epoch steady samples/s a variant's speed is
 # called noisy: it is bench compare's default equivalence margin (5 %), so a spread past it
 # hides differences compare would call real.
@@ -37,7 +38,7 @@ def seed_table(ok: pd.DataFrame) -> str:
     """The seed study's columns, one row per variant; memory labelled with what it measured and
     what it leaves out, with NVML's device memory used beside it where the run sampled NVML."""
     parts = []
-    excludes = ok.get("peak_mem_excludes", pd.Series("", index=ok.index)).fillna("").astype(str)
+    excludes = ok.get("peak_mem_excludes", pd.Series("", index=ok.index)).astype(object).fillna("").astype(str)
     for (kind, left_out), group in ok.groupby([ok["peak_mem_kind"], excludes], sort=False):
         label = memory_label(kind, left_out)
         nvml = ["nvml_mem_peak_mb"] if "nvml_mem_peak_mb" in group and group["nvml_mem_peak_mb"].notna().any() else []

@@ -76,18 +76,27 @@ def _finite(values) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
+def _too_short(a: np.ndarray, b: np.ndarray, centre, min_samples: int, unit: str) -> Verdict | None:
+    """The inconclusive verdict of sides too short to compare; None when both are long enough."""
+    n_a, n_b = len(a), len(b)
+    if n_a == 0 or n_b == 0:
+        return Verdict(np.nan, np.nan, np.nan, np.nan, n_a, n_b, INCONCLUSIVE, "no samples")
+    if min(n_a, n_b) < min_samples:
+        return Verdict(float(centre(b) / centre(a)), np.nan, np.nan, np.nan, n_a, n_b, INCONCLUSIVE,
+                       f"too few {unit} ({n_a} vs {n_b}, need {min_samples} a side)")
+    return None
+
+
 def compare_samples(a, b, *, higher_is_better: bool, level: float = 0.99, alpha: float = 0.01,
                     margin: float = 0.05, threshold: float = 0.0, min_samples: int = 5,
                     one_sided: bool = False, centre=np.mean, throttled: bool = False) -> Verdict:
     """Verdict on b against a. With `one_sided`, only a change for the worse is tested (the gate)."""
     a, b = _finite(a), _finite(b)
     n_a, n_b = len(a), len(b)
-    if n_a == 0 or n_b == 0:
-        return Verdict(np.nan, np.nan, np.nan, np.nan, n_a, n_b, INCONCLUSIVE, "no samples")
+    short = _too_short(a, b, centre, min_samples, "samples")
+    if short:
+        return short
     ratio = float(centre(b) / centre(a))
-    if min(n_a, n_b) < min_samples:
-        return Verdict(ratio, np.nan, np.nan, np.nan, n_a, n_b, INCONCLUSIVE,
-                       f"too few samples ({n_a} vs {n_b}, need {min_samples} a side)")
     low, high = _interval(a, b, centre, level)
     worse = "less" if higher_is_better else "greater"  # b worse than a
     p = float(stats.mannwhitneyu(b, a, alternative=worse if one_sided else "two-sided").pvalue)
@@ -118,12 +127,10 @@ def compare_series(a, b, *, higher_is_better: bool, level: float = 0.99, alpha: 
     autocorrelation: each side resampled in blocks, one block length for both (the longer)."""
     a, b = _finite(a), _finite(b)
     n_a, n_b = len(a), len(b)
-    if n_a == 0 or n_b == 0:
-        return Verdict(np.nan, np.nan, np.nan, np.nan, n_a, n_b, INCONCLUSIVE, "no samples")
+    short = _too_short(a, b, centre, min_samples, "steps")
+    if short:
+        return short
     ratio = float(centre(b) / centre(a))
-    if min(n_a, n_b) < min_samples:
-        return Verdict(ratio, np.nan, np.nan, np.nan, n_a, n_b, INCONCLUSIVE,
-                       f"too few steps ({n_a} vs {n_b}, need {min_samples} a side)")
     block = max(_block_length(a), _block_length(b))
     ratios = _block_means(b, block, centre, reps, seed=1) / _block_means(a, block, centre, reps, seed=0)
     tail = (1 - level) / 2

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from bench.commands import doctor_checks
-from bench.commands.doctor_checks import FAIL, PASS, Setup
+from bench.commands.doctor_checks import FAIL, PASS, SKIP, Setup
 from bench.instruments import checks, memory, nvml, timing
 from bench.instruments.checks import KnownAnswer, seed_network_flops
 from bench.instruments.nvml import COLUMNS, NvmlSampler, update_period_s
 from models import ARCHITECTURES, DOWNSAMPLES
+from conftest import host_peak_resets
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -143,8 +144,42 @@ def test_flop_counter_check_fails_on_a_counter_that_misses_the_backward(monkeypa
 def test_host_peak_rss_rises_by_a_known_allocation():
     if memory.host_peak_mb() is None:
         pytest.skip("no /proc/self/status: the host peak is not measured here")
+    if not host_peak_resets():
+        pytest.skip("this kernel does not reset a process's peak RSS (the fake /proc tests below cover it)")
     answer = checks.check_memory_peak(CPU, mib=64)
     assert answer.passed, answer.describe()
+
+
+class FakeProc:
+    """/proc/self/status and clear_refs for one process whose RSS is `rss_mb` after a peak of
+    `peak_mb`; `resets` False is a kernel (or sandbox) that takes the write and ignores it."""
+
+    def __init__(self, tmp_path, monkeypatch, peak_mb: int, rss_mb: int, resets: bool):
+        self.status, self.rss_mb, self.resets = tmp_path / "status", rss_mb, resets
+        self.write(peak_mb)
+        monkeypatch.setattr(memory, "_STATUS", self.status)
+        monkeypatch.setattr(memory, "_CLEAR_REFS", self)
+
+    def write(self, peak_mb: int) -> None:
+        self.status.write_text(f"Name:\tpython\nVmHWM:\t{peak_mb * 1024} kB\nVmRSS:\t{self.rss_mb * 1024} kB\n")
+
+    def write_text(self, text: str) -> None:
+        if self.resets and text == "5":
+            self.write(self.rss_mb)
+
+
+def test_a_host_peak_reset_is_read_back(tmp_path, monkeypatch):
+    FakeProc(tmp_path, monkeypatch, peak_mb=2000, rss_mb=1000, resets=True)
+    assert memory.reset_host_peak() and memory.host_peak_mb() == 1000
+
+
+def test_a_kernel_that_ignores_the_reset_labels_the_peak_since_start_and_the_check_skips(tmp_path, monkeypatch):
+    FakeProc(tmp_path, monkeypatch, peak_mb=2000, rss_mb=1000, resets=False)
+    assert not memory.reset_peak(CPU)
+    assert memory.read_peak(CPU, was_reset=False)["peak_mem_kind"] == "process_peak_rss_since_start"
+    assert checks.check_memory_peak(CPU, mib=64) is None
+    status, detail = doctor_checks.check_memory_peak(Setup(folder=tmp_path, device=CPU))
+    assert status == SKIP and "clear_refs" in detail
 
 
 class FakeAllocator:

@@ -23,7 +23,7 @@ def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: tor
                 **options) -> dict:
     """First epoch (construction, decoding, caching) timed on its own, then `epochs` steady epochs."""
     clock = Clock(device)
-    memory.reset_host_peak()
+    host_peak_was_reset = memory.reset_host_peak()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -46,7 +46,7 @@ def time_loader(kind: str, root, ids, batch_size: int, workers: int, device: tor
     return {"loader": kind, "form": loader.form, "batch_size": batch_size, "workers": workers, "device": str(device),
             "epochs": epochs, "samples": samples, "samples_per_s": samples / (batch_ms.sum() / 1000),
             "batch_ms_p50": q["p50"], "batch_ms_p99": q["p99"], "first_epoch_s": first_epoch_s,
-            "host_peak_rss_mb": memory.host_peak_mb(),
+            "host_peak_rss_mb": memory.host_peak_mb() if host_peak_was_reset else None,  # else an earlier loader's
             "torch_device_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             "status": "ok"}
 

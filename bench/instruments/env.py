@@ -87,22 +87,27 @@ def _memory_gb() -> float | str:
         return ""
 
 
-def gpu_limits(device: torch.device) -> dict:
-    """The GPU's enforced power limit (W) and maximum SM clock (MHz) from NVML: two machines with
-    one GPU model but other limits are other hardware for a comparison. {} when NVML cannot say."""
+def _nvml_query(device: torch.device, query) -> dict:
+    """query(handle) of the device's NVML handle between init and shutdown; {} when NVML cannot say."""
     from bench.instruments.nvml import handle_for
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
         return {}
     try:
-        handle = handle_for(device)
-        return {"power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
-                "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)}
+        return query(handle_for(device))
     except pynvml.NVMLError:
         return {}
     finally:
         pynvml.nvmlShutdown()
+
+
+def gpu_limits(device: torch.device) -> dict:
+    """The GPU's enforced power limit (W) and maximum SM clock (MHz) from NVML: two machines with
+    one GPU model but other limits are other hardware for a comparison. {} when NVML cannot say."""
+    return _nvml_query(device, lambda handle: {
+        "power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
+        "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)})
 
 
 def _nvml_field(read, *args):
@@ -117,13 +122,7 @@ def gpu_state(device: torch.device) -> dict:
     """The GPU settings that change speed, from NVML: application and maximum clocks, persistence
     mode, ECC and MIG mode, PCIe link generation and width (current and maximum). A query the GPU
     does not support is left out; {} without NVML."""
-    from bench.instruments.nvml import handle_for
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return {}
-    try:
-        handle = handle_for(device)
+    def query(handle) -> dict:
         sm, mem = pynvml.NVML_CLOCK_SM, pynvml.NVML_CLOCK_MEM
         ecc = _nvml_field(pynvml.nvmlDeviceGetEccMode, handle)  # (current, pending)
         mig = _nvml_field(pynvml.nvmlDeviceGetMigMode, handle)
@@ -139,11 +138,8 @@ def gpu_state(device: torch.device) -> dict:
             "pcie_width": _nvml_field(pynvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
             "pcie_width_max": _nvml_field(pynvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
         }
-    except pynvml.NVMLError:
-        return {}
-    finally:
-        pynvml.nvmlShutdown()
-    return {key: value for key, value in fields.items() if value is not None}
+        return {key: value for key, value in fields.items() if value is not None}
+    return _nvml_query(device, query)
 
 
 def speed_variables(environ=None) -> dict:

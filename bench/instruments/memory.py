@@ -13,37 +13,49 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
 
-def reset_host_peak() -> None:
-    """Linux: writing 5 to clear_refs resets this process's peak RSS (VmHWM) to its current RSS."""
-    try:
-        _CLEAR_REFS.write_text("5")
-    except OSError:
-        pass
+RESET_SLACK_MB = 1.0  # a peak within this of the current RSS starts from now, whether or not the kernel reset it
 
 
-def host_peak_mb() -> float | None:
+def _status_mb(field: str) -> float | None:
     if not _STATUS.exists():
         return None
     for line in _STATUS.read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return None
 
 
-def reset_peak(device: torch.device) -> None:
-    """Start a variant's peaks from what it holds itself. On CUDA the peaks reset to what the
-    caching allocator holds now, so the blocks earlier variants in this process left cached are
-    released first: else they would count in this variant's reserved peak."""
+def host_peak_mb() -> float | None:
+    return _status_mb("VmHWM")
+
+
+def reset_host_peak() -> bool:
+    """Linux: writing 5 to clear_refs resets this process's peak RSS (VmHWM) to its current RSS.
+    Some kernels and sandboxes refuse the write or ignore it, so the reset is read back: False
+    when the peak still holds more than RESET_SLACK_MB over the current RSS (an earlier peak)."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        pass
+    peak, rss = host_peak_mb(), _status_mb("VmRSS")
+    return peak is not None and rss is not None and peak - rss <= RESET_SLACK_MB
+
+
+def reset_peak(device: torch.device) -> bool:
+    """Start a variant's peaks from what it holds itself; False where the host peak could not be
+    reset (read_peak then names its figure a peak since the process started). On CUDA the peaks
+    reset to what the caching allocator holds now, so the blocks earlier variants in this process
+    left cached are released first: else they would count in this variant's reserved peak."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         gc.collect()  # earlier variants' models and optimisers may sit in reference cycles
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        reset_host_peak()
+        return True
+    return reset_host_peak()
 
 
-def read_peak(device: torch.device) -> dict:
+def read_peak(device: torch.device, was_reset: bool = True) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return {
@@ -51,7 +63,8 @@ def read_peak(device: torch.device) -> dict:
             "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20,
             "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20,
         }
-    return {"peak_mem_kind": "process_peak_rss", "peak_mem_mb": host_peak_mb(), "peak_reserved_mb": None}
+    kind = "process_peak_rss" if was_reset else "process_peak_rss_since_start"
+    return {"peak_mem_kind": kind, "peak_mem_mb": host_peak_mb(), "peak_reserved_mb": None}
 
 
 def excluded(device: torch.device, loader: str) -> str:

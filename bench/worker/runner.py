@@ -304,7 +304,7 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
         cfg = replace(cfg, epochs=variant.epochs, energy_window_s=0.0)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # reset() keeps them; graphs and breaks are per variant
-    memory.reset_peak(cfg.device)
+    peak_was_reset = memory.reset_peak(cfg.device)
     runs, marks = [], []
     for repeat in range(cfg.repeats):
         marks.append((time.perf_counter(), f"{variant.name}:train:{repeat}"))
@@ -315,7 +315,7 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     if cfg.robustness:
         marks.append((time.perf_counter(), f"{variant.name}:robustness"))
     robustness = _robustness(last, variant, cfg) if cfg.robustness else []
-    peak = memory.read_peak(cfg.device)
+    peak = memory.read_peak(cfg.device, peak_was_reset)
     dynamo = _dynamo_counts()  # before the reference loop, which compiles a model of its own
     if cfg.energy_window_s > 0:
         marks.append((time.perf_counter(), f"{variant.name}:energy"))
