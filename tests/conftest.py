@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench.config import RunConfig
-from bench.instruments import memory
+from bench.instruments import checks, memory
 from loaders.dataset import CLASSES, discover_ids
 from loaders.generate import generate_dataset
 from loaders.split import make_split
@@ -28,8 +28,8 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 def host_peak_resets() -> bool:
     """Whether this kernel lets a process reset its peak RSS: the peak is put 96 MiB over the RSS
-    (a block that size is mmapped and unmapped whole), then reset and read back."""
-    block = np.ones(96 * 2**20, np.uint8)
+    (pages mapped, filled and unmapped), then reset and read back."""
+    block = checks.allocate(96 * 2**20, torch.device("cpu"))
     del block
     return memory.reset_host_peak()
 

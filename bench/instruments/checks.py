@@ -7,6 +7,7 @@ known answer of a timing check is the duration of the very work that was timed.
 """
 
 import math
+import mmap
 import time
 from dataclasses import dataclass
 
@@ -169,9 +170,17 @@ def check_flop_counter(arch: str, downsample: str, device: torch.device) -> Know
                        seed_network_flops(arch, downsample)[1], "FLOP", tolerance=1e-9)
 
 
-def _allocate(nbytes: int, device: torch.device) -> torch.Tensor:
-    """Filled, so every page of a host allocation is resident (and counted in RSS)."""
-    return torch.ones(nbytes, dtype=torch.uint8, device=device)
+def allocate(nbytes: int, device: torch.device) -> torch.Tensor | mmap.mmap:
+    """`nbytes` that the peak must count, held until the returned object is dropped. On the host,
+    pages of its own mapped and filled: malloc may serve even a large block from free pages
+    the process already holds (resident, so the RSS would not rise at all)."""
+    if device.type == "cuda":
+        return torch.ones(nbytes, dtype=torch.uint8, device=device)
+    block = mmap.mmap(-1, nbytes)
+    pages = np.frombuffer(block, dtype=np.uint8)
+    pages[:] = 1
+    del pages  # the mapping is unmapped when the block is dropped, which needs no view left
+    return block
 
 
 def _current_mb(device: torch.device) -> float:
@@ -190,7 +199,7 @@ def check_memory_peak(device: torch.device, mib: int = 128) -> KnownAnswer | Non
     if not memory.reset_peak(device):
         return None
     before = _current_mb(device)
-    block = _allocate(mib * 2**20, device)
+    block = allocate(mib * 2**20, device)
     del block
     peak = memory.read_peak(device)
     return KnownAnswer(f"rise of {peak['peak_mem_kind']} over one allocation", peak["peak_mem_mb"] - before,
