@@ -3,6 +3,8 @@
 import os
 import re
 import shlex
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,42 @@ def test_hosted_ci_builds_the_site_from_the_committed_results():
     assert "python -m bench history site --store /tmp/h --out /tmp/site" in script
     assert script.index(".ci/run") < script.index("python -m bench history site --store /tmp/h --out /tmp/site")
     assert list(ROOT.glob("results/*/*/env.json")), "no committed run directory for the smoke check"
+
+
+# --- tools/gpu-checks.sh: the one command a lent GPU machine runs --------------------------
+
+GPU_CHECKS = ROOT / "tools" / "gpu-checks.sh"
+GPU_STEPS = ["doctor", "pytest-gpu", "add-matrix", "headline", "default", "regression"]
+
+
+def gpu_checks(*args, out=None):
+    env = {k: v for k, v in os.environ.items() if k != "OUT"} | ({"OUT": str(out)} if out else {})
+    return subprocess.run(["bash", str(GPU_CHECKS), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_gpu_checks_commands_exist_with_their_options():
+    done = gpu_checks("--dry-run", *GPU_STEPS)
+    assert done.returncode == 0, done.stderr
+    calls = [shlex.split(part) for line in done.stdout.splitlines() for part in line.split("&&")]
+    assert len(calls) == len(GPU_STEPS) + 1  # the regression suite twice
+    for call in calls:
+        if call[:3] == ["python3", "-m", "bench"]:
+            parser().parse_args(call[3:])  # unknown options exit with status 2
+        else:
+            assert call[:3] == ["python3", "-m", "pytest"]
+            assert all((ROOT / arg).exists() for arg in call[3:] if arg.startswith("tests"))
+
+
+def test_gpu_checks_refuses_an_unknown_step_before_running_any(tmp_path):
+    done = gpu_checks("pytest-gpu", "doctr", out=tmp_path)
+    assert done.returncode == 2 and "unknown step 'doctr'" in done.stderr and "doctor" in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_gpu_checks_records_each_step_and_packs_its_output(tmp_path):
+    done = gpu_checks("pytest-gpu", out=tmp_path)  # on a CPU its tests skip: the plumbing runs all the same
+    assert done.returncode == 0, done.stderr
+    step, rc, seconds = (tmp_path / "summary.tsv").read_text().split()
+    assert (step, rc) == ("pytest-gpu", "0") and int(seconds) >= 0
+    with tarfile.open(tmp_path / "gpu-checks.tar.gz") as packed:
+        assert "work/pytest-gpu/log.txt" in packed.getnames()
