@@ -27,7 +27,7 @@ def test_all_writes_the_run_directory(tiny_data, tmp_path):
     assert set(results["loader"]) == {"resident"} and results["hardware"].notna().all()  # the quick profile's default loader
     assert list(pd.read_csv(out / "curves.csv").columns) == CURVE_COLUMNS
     report = (out / "report.md").read_text()
-    assert "| variant" in report and "val_loss" in report and "peak mem MB (process peak RSS)" in report
+    assert "| variant" in report and "val_loss" in report and "peak mem MB (process peak RSS" in report
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] and env["hardware"] and env["profile"] == "quick"
     assert env["schema_version"] == SCHEMA_VERSION  # bench compare reads it
