@@ -9,7 +9,7 @@ import pytest
 from bench.commands.all import check_batch_sizes
 from bench.errors import UsageError
 from bench.variants import Variant
-from conftest import bench
+from conftest import bench, host_peak_resets
 from reports.results import CURVE_COLUMNS, RESULT_COLUMNS, SCHEMA_VERSION
 
 
@@ -27,7 +27,9 @@ def test_all_writes_the_run_directory(tiny_data, tmp_path):
     assert set(results["loader"]) == {"resident"} and results["hardware"].notna().all()  # the quick profile's default loader
     assert list(pd.read_csv(out / "curves.csv").columns) == CURVE_COLUMNS
     report = (out / "report.md").read_text()
-    assert "| variant" in report and "val_loss" in report and "peak mem MB (process peak RSS" in report
+    assert "| variant" in report and "val_loss" in report
+    assert "peak mem MB (process peak RSS)" in report or (  # only where the kernel ignores the peak's reset
+        "peak mem MB (process peak RSS since its start" in report and not host_peak_resets())
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] and env["hardware"] and env["profile"] == "quick"
     assert env["schema_version"] == SCHEMA_VERSION  # bench compare reads it

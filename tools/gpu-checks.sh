@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks the CPU cannot make, in one command for a lent GPU machine (its image has torch,
 # Triton, pandas, scipy, pytest-benchmark and nvidia-ml-py; tools/gpu-wheels.sh packs the rest
-# into .whl/, which the call carries; DALI's parts, where earlier calls copied them to /tmp/p, are
-# installed too). Run from the checkout's root:
+# into .whl/, which the call carries and which is installed where they do not import; DALI's
+# parts, where earlier calls copied them to /tmp/p, are installed too). Run from the checkout's root:
 #
 #   bash tools/gpu-checks.sh [--dry-run] STEP...   steps in the order given (the issue asking for each);
 #   --dry-run prints their commands and runs nothing:
@@ -53,17 +53,17 @@ fi
 
 : "${OUT:?OUT must name the folder to write to}"
 export PYTHONUNBUFFERED=1
-if compgen -G ".whl/*.whl" > /dev/null; then
+if ! python3 -c "import arch, ruptures, plotly" 2> /dev/null && compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing .whl/ failed" >&2; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if compgen -G "/tmp/p/dali-p?" > /dev/null; then  # DALI's parts, copied by the calls before (dali-parts.sh)
   cat /tmp/p/dali-p? > /tmp/dali.tar && tar xf /tmp/dali.tar -C /tmp &&
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/dl/*.whl &&
-    python3 -c "import nvidia.dali as d; print('dali', d.__version__)" || { echo "installing DALI failed" >&2; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    PYTHONPATH=/tmp/site python3 -c "import nvidia.dali as d; print('dali', d.__version__)" \
+    || { echo "installing DALI failed" >&2; exit 1; }
 fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 work="$OUT/work"
 mkdir -p "$work"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true

@@ -16,17 +16,16 @@ _STATUS = Path("/proc/self/status")
 RESET_SLACK_MB = 1.0  # a peak within this of the current RSS starts from now, whether or not the kernel reset it
 
 
-def _status_mb(field: str) -> float | None:
+def _status_mb() -> dict[str, float]:
+    """The kB fields of /proc/self/status (VmHWM, VmRSS, ...) in MiB, from one read; {} off Linux."""
     if not _STATUS.exists():
-        return None
-    for line in _STATUS.read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return None
+        return {}
+    fields = (line.split() for line in _STATUS.read_text().splitlines())
+    return {f[0].rstrip(":"): int(f[1]) / 1024 for f in fields if len(f) == 3 and f[2] == "kB"}
 
 
 def host_peak_mb() -> float | None:
-    return _status_mb("VmHWM")
+    return _status_mb().get("VmHWM")
 
 
 def reset_host_peak() -> bool:
@@ -37,8 +36,8 @@ def reset_host_peak() -> bool:
         _CLEAR_REFS.write_text("5")
     except OSError:
         pass
-    peak, rss = host_peak_mb(), _status_mb("VmRSS")
-    return peak is not None and rss is not None and peak - rss <= RESET_SLACK_MB
+    status = _status_mb()  # both from one read: the RSS may move between two
+    return "VmHWM" in status and "VmRSS" in status and status["VmHWM"] - status["VmRSS"] <= RESET_SLACK_MB
 
 
 def reset_peak(device: torch.device) -> bool:
