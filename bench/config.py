@@ -25,7 +25,7 @@ class RunConfig:
     reference_steps: int = 20  # timed steps of the plain reference loop per variant (0: skip it)
     kernels: str | None = None  # a kernels.csv of `bench kernels` (or its folder): kernels.select.use_kernel
     robustness: bool = False  # evaluate each trained model under bench.worker.robustness.CONDITIONS
-    energy_window_s: float = 0.0  # steady steps after the last epoch for the headline energy (0: none; nvml.energy_window_s)
+    energy_window_s: float = 0.0  # the last epochs back to back for the headline energy (0: none; nvml.energy_window_s)
     world_size: int = 1  # torchrun processes training each variant data-parallel
     rank: int = 0  # this process's rank among them
 

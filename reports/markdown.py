@@ -166,7 +166,8 @@ def notes_table(ok: pd.DataFrame) -> str:
 
 
 ENERGY_WINDOWS = ("Windows: GPU util, power, energy J, above idle, samples/J and J/step cover the energy window, "
-                  "steady training steps continued after the last epoch in one window of at least 50 counter "
+                  "the variant's last epochs trained back to back (evaluated after it, each from its own weights), "
+                  "with steps after the last epoch where they fall short, in one window of at least 50 counter "
                   "periods (window s; accuracy, curves and throughput stay the epochs'), or where none ran (window "
                   "s n/a) the timed steady steps of the epochs (warm-up and validation excluded); compile J is the "
                   "warm-up steps, where a compiled model compiles (its eval graph compiles in the first "

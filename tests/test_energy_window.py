@@ -1,5 +1,6 @@
-"""The energy window: steady steps continued after a variant's last epoch in one window long
-enough for the NVML counter to resolve, and the headline energy figures taken from it.
+"""The energy window: a variant's last epochs trained back to back (their evaluations after it,
+from copies of their weights), with steps after the last epoch where they fall short, in one
+window long enough for the NVML counter to resolve, and the headline energy figures taken from it.
 
 The 2-rank test starts this file under torchrun (`python -m torch.distributed.run
 --nproc-per-node 2 tests/test_energy_window.py OUT`); each rank runs the window with a stub
@@ -12,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,21 +76,55 @@ def test_no_window_and_no_step_when_off():
     assert run.trainer.labels == []
 
 
-def test_a_measured_variant_hands_its_energy_window_back_outside_the_timed_steps(tiny_data, split):
+def test_a_one_epoch_variant_takes_its_window_after_the_epoch(tiny_data, split):
     cfg = tiny_config(tiny_data, split, energy_window_s=0.05, reference_steps=0, infer_iters=0)
     ctx = RunContext(sampler=ConstantPowerSampler(), idle_power_w=40.0)
     variant = Variant("add", batch_size=8, loader="resident")
     result = runner.measure(variant, cfg, ctx)
     phases = result.phases
     t0, t1 = phases.energy_window
-    assert t1 - t0 >= 0.05 and phases.energy_steps >= 1 and t0 >= phases.t_end  # after the last epoch
-    assert [label for _, label in phases.marks][-3:] == [f"{variant.name}:energy", f"{variant.name}:reference", "idle"]
+    assert t1 - t0 >= 0.05 and phases.energy_steps >= 1 and t0 >= phases.eval_windows[-1][1]  # after its evaluation
+    labels = [label for _, label in phases.marks]
+    assert labels[:3] == [f"{variant.name}:train:0", f"{variant.name}:energy", f"{variant.name}:train:0"]
+    assert labels[-2:] == [f"{variant.name}:reference", "idle"]
     assert len(result.steps) == phases.steps - cfg.warmup_steps == 1  # steps.csv: the epoch's timed step only
     row = nvml_columns(phases, cfg, ctx)
     assert row["energy_window_s"] == pytest.approx(t1 - t0)
     assert row["energy_j"] == pytest.approx(100.0 * (t1 - t0), rel=1e-6)
     assert row["samples_per_j"] == pytest.approx(phases.energy_steps * 8 / row["energy_j"])
     assert row["energy_resolved"] is True  # 0.05 s is 100 periods of this counter
+
+
+def test_the_last_epochs_train_back_to_back_and_keep_the_seeds_curves(tiny_data, split):
+    """With a window, the last epochs form it and are evaluated after it, each from its own
+    weights: every curve value is what the seed's loop (an evaluation after each epoch) gives."""
+    settings = dict(epochs=4, reference_steps=0, infer_iters=0)
+    variant = Variant("add", batch_size=8, loader="resident")
+    plain = runner.measure(variant, tiny_config(tiny_data, split, **settings))
+    windowed = runner.measure(variant, tiny_config(tiny_data, split, energy_window_s=2.0, **settings),
+                              RunContext(sampler=ConstantPowerSampler()))
+    columns = ["epoch", "train_loss", "val_loss", "accuracy", "lr"]
+    assert [[c[k] for k in columns] for c in windowed.curves] == [[c[k] for k in columns] for c in plain.curves]
+    assert windowed.row["val_loss"] == plain.row["val_loss"] and windowed.row["final_train_loss"] == plain.row["final_train_loss"]
+    phases = windowed.phases
+    t0, t1 = phases.energy_window
+    # 2 s is more than every epoch after the first: the window opens with epoch 1 and steps on after epoch 3
+    assert phases.steady_windows[0][1] <= t0 <= phases.steady_windows[1][0] and t1 - t0 >= 2.0
+    assert phases.energy_steps > 3 * 2  # epochs 1-3 (2 steps each) and the steps after them
+    assert phases.eval_windows[0][1] <= t0 and [w[0] >= t1 for w in phases.eval_windows[1:]] == [True] * 3
+    assert t1 <= phases.t_end and phases.t_start <= t0
+    elapsed = [c["elapsed_s"] for c in windowed.curves]
+    assert elapsed == sorted(elapsed) and elapsed[-1] <= t1 - phases.t_start  # to the end of each epoch's training
+    labels = [label for _, label in phases.marks]
+    assert labels[:3] == [f"{variant.name}:train:0", f"{variant.name}:energy", f"{variant.name}:train:0"]
+
+
+def test_the_window_starts_as_late_as_the_epochs_still_fill_it():
+    cfg = replace(stub_config(5.2), epochs=20)
+    starts = [e for e in range(20) if runner._window_starts_next(cfg, e, 0.5)]
+    assert starts[0] == 8  # epochs 9-19: 11 x 0.5 s = 5.5 s; from epoch 10, 5.0 s would fall short
+    assert not runner._window_starts_next(cfg, 19, 0.5)  # no epoch after the last
+    assert not any(runner._window_starts_next(replace(cfg, energy_window_s=0.0), e, 0.5) for e in range(20))
 
 
 def test_measured_without_a_window_trains_the_epochs_only(tiny_data, split, monkeypatch):
@@ -101,13 +137,16 @@ def test_measured_without_a_window_trains_the_epochs_only(tiny_data, split, monk
     assert not any(label.endswith(":energy") for _, label in phases.marks)
 
 
-def test_a_pipeline_probe_takes_no_window(tiny_data, split):
+def test_a_pipeline_probe_takes_no_window_inference_or_robustness(tiny_data, split):
     """A probe row (its own few epochs: the seed pipeline, DALI) measures a loader's speed; its
-    energy stays the epochs' windows, flagged, so the default GPU run spends no window on it."""
-    cfg = tiny_config(tiny_data, split, energy_window_s=0.05, reference_steps=0, infer_iters=0)
-    phases = runner.measure(Variant("add", batch_size=8, loader="resident", epochs=1), cfg,
-                            RunContext(sampler=ConstantPowerSampler())).phases
-    assert phases.energy_window is None and phases.energy_steps == 0
+    energy stays the epochs' windows, flagged, and its inference and robustness are the main row's
+    (the same model settings), so the default GPU run spends on it its epochs only."""
+    cfg = tiny_config(tiny_data, split, energy_window_s=0.05, reference_steps=0, infer_iters=2, robustness=True)
+    result = runner.measure(Variant("add", batch_size=8, loader="resident", epochs=2), cfg,
+                            RunContext(sampler=ConstantPowerSampler()))
+    assert result.phases.energy_window is None and result.phases.energy_steps == 0
+    assert result.inference == [] and result.robustness == [] and len(result.curves) == 2
+    assert math.isnan(result.row["infer_samples_per_s"])
 
 
 class ConstantPowerSampler:
@@ -171,8 +210,9 @@ def test_without_a_window_the_headline_is_the_epochs_steady_steps():
 
 
 def test_every_rank_takes_rank_0s_steps(tmp_path):
-    """Under torchrun rank 0's clock plans the window; rank 1 is configured off here (as the ranks
-    of a torchrun the user started, where rank 0 alone measured the counter) and must follow."""
+    """Under torchrun rank 0's clock plans the window, and when it opens; rank 1 is configured off
+    here for the steps after the epochs (as the ranks of a torchrun the user started, where rank 0
+    alone measured the counter) and must follow."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     done = subprocess.run([*torchrun_command(2, [])[:5], str(Path(__file__)), str(tmp_path)],
@@ -181,6 +221,7 @@ def test_every_rank_takes_rank_0s_steps(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["steps"] == ranks[1]["steps"] == ranks[1]["stepped"] > 0
     assert ranks[0]["window_s"] >= 0.05
+    assert ranks[0]["starts"] is ranks[1]["starts"] is True  # the window opens on every rank at once
 
 
 def _rank(out: Path) -> None:
@@ -190,7 +231,10 @@ def _rank(out: Path) -> None:
     init(env, "cpu")
     run = stub_run(batches=1 + env.rank)  # the ranks' loaders differ in length
     window, steps = runner.train_energy_window(run, stub_config(0.05 if env.rank == 0 else 0.0))
-    record = {"steps": steps, "stepped": len(run.trainer.labels), "window_s": window[1] - window[0] if window else 0}
+    # rank 1's own epoch (5 s) would open the window later; it follows rank 0's (0.5 s)
+    starts = runner._window_starts_next(replace(stub_config(5.2), epochs=20), 8, 0.5 if env.rank == 0 else 5.0)
+    record = {"steps": steps, "stepped": len(run.trainer.labels), "window_s": window[1] - window[0] if window else 0,
+              "starts": starts}
     (out / f"rank{env.rank}.json").write_text(json.dumps(record))
     shutdown()
 

@@ -109,8 +109,8 @@ def _measure(variant: Variant, cfg: RunConfig, ctx: RunContext, isolation: Isola
 
 
 def nvml_columns(run, cfg: RunConfig, ctx: RunContext) -> dict:
-    """Energy and utilisation of steady training steps: the energy window after the last epoch
-    where the variant trained one (its length is energy_window_s), else the timed steady steps of
+    """Energy and utilisation of steady training steps: the energy window (the last epochs back to
+    back) where the variant trained one (its length is energy_window_s), else the timed steady steps of
     the epochs; with the compile (warm-up steps), validation and whole-phase energy beside them,
     and the energy to the target from the start. `run` is the Phases a variant's measurement
     handed back."""

@@ -2,8 +2,8 @@
 
 A variant (bench.variants.Variant) only changes data here: which network, precision, compiler
 mode, memory format, batch size and loader. The loop itself is the same for all of them.
-measure() runs the phases (train_once per repeat, inference, robustness, the energy window, the
-reference loop) and then summarises them into one result row.
+measure() runs the phases (train_once per repeat, with the energy window, then inference, robustness
+and the reference loop) and then summarises them into one result row.
 """
 
 import itertools
@@ -59,7 +59,7 @@ class Phases:
     steady_windows: list[Window]
     eval_windows: list[Window]
     marks: list[tuple[float, str]]  # (perf_counter, "variant:phase") for nvml.csv's marker column
-    energy_window: Window | None = None  # train_energy_window's steps, for the headline energy figures
+    energy_window: Window | None = None  # the last epochs back to back (TrainingRun.energy_window), for the headline energy
     energy_steps: int = 0  # training steps in energy_window (each rank's)
 
 
@@ -83,6 +83,8 @@ class TrainingRun:
     warmup_window: Window | None = None  # the warm-up steps, where a compiled model compiles
     steady_windows: list[Window] = field(default_factory=list)  # the timed steps of each epoch
     eval_windows: list[Window] = field(default_factory=list)
+    energy_window: Window | None = None  # the last epochs back to back (and any steps after them)
+    energy_steps: int = 0  # training steps in energy_window (each rank's)
 
     @property
     def samples(self) -> int:
@@ -169,23 +171,33 @@ def _train_epoch(run: TrainingRun, loader, times: StepTimes, cfg: RunConfig, des
 
 
 def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -> TrainingRun:
-    """Trains one fresh model for cfg.epochs, evaluating after each epoch as the seed did."""
+    """Trains one fresh model for cfg.epochs, evaluating after each epoch as the seed did.
+
+    Where an energy window is asked for (cfg.energy_window_s), the last epochs, as few as fill it,
+    train back to back in one window and are evaluated after it, each from a copy of the weights
+    its epoch ended with: evaluation changes no weight, so the curves are those of the seed's loop,
+    and the headline energy is that of the job's own training steps. Steps after the last epoch
+    (at the schedule's final lr, 0) fill a window the epochs cannot."""
     trainer = Trainer(variant, cfg)
     train_loader, val_loader = _loader(variant, cfg, ctx, cfg.train_ids, True), _loader(variant, cfg, ctx, cfg.val_ids, False)
     times = StepTimes(Clock(cfg.device))
     run = TrainingRun(trainer, val_loader, t_start=time.perf_counter(), train_loader=train_loader)
     data_ms, compute_ms = [], []
+    deferred = []  # (curve row, when its epoch's training ended, the weights it ended with)
+    window_start = window_next = None
     max_steps = distributed.min_over_ranks(len(train_loader), cfg.device) if cfg.world_size > 1 else len(train_loader)
     epochs = tqdm(range(cfg.epochs), desc=variant.name, unit="epoch", disable=not cfg.progress, leave=False)
     for epoch in epochs:
         t_epoch = time.perf_counter()
+        if window_next and window_start is None:
+            window_start = t_epoch
         losses, steady_start = _train_epoch(run, train_loader, times, cfg, f"epoch {epoch}", max_steps)
         epoch_data, epoch_compute = times.collect()  # synchronises: the epoch's work is done
         _check_finite(losses, epoch)
         steps = len(losses)
-        t_eval = time.perf_counter()
+        t_trained = time.perf_counter()
         if steady_start is not None:
-            run.steady_windows.append((steady_start, t_eval))
+            run.steady_windows.append((steady_start, t_trained))
         skip = max(cfg.warmup_steps - sum(len(d) for d in data_ms), 0)
         data_ms.append(epoch_data)
         compute_ms.append(epoch_compute)
@@ -194,37 +206,77 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
             run.epoch_sps.append(epoch_sps)
         lr = float(trainer.optimizer.param_groups[0]["lr"])  # a tensor on the device under --compile-mode step
         trainer.scheduler.step()
-        val_loss, accuracy = trainer.evaluate(val_loader)  # .item() inside synchronises
-        if not math.isfinite(val_loss):
-            raise FloatingPointError(f"validation loss is not finite at epoch {epoch}")
-        t_done = time.perf_counter()
-        run.eval_windows.append((t_eval, t_done))
-        elapsed = t_done - run.t_start
-        if math.isnan(run.time_to_target) and accuracy >= cfg.target_acc:
-            run.time_to_target = elapsed
         train_loss = distributed.reduce_sums({"sum": losses.sum(), "steps": steps}, cfg.device) \
             if cfg.world_size > 1 else {"sum": losses.sum().item(), "steps": steps}
-        run.curves.append({"variant": variant.name, "seed": cfg.seed, "repeat": repeat, "epoch": epoch,
-                           "train_loss": train_loss["sum"] / max(train_loss["steps"], 1), "val_loss": val_loss, "accuracy": accuracy,
-                           "lr": lr, "epoch_s": t_eval - t_epoch, "eval_s": t_done - t_eval,
-                           "train_samples_per_s": epoch_sps, "elapsed_s": elapsed})
-        epochs.set_postfix(acc=f"{accuracy:.1f}", loss=f"{val_loss:.4f}")
-    run.t_end = time.perf_counter()
+        curve = {"variant": variant.name, "seed": cfg.seed, "repeat": repeat, "epoch": epoch,
+                 "train_loss": train_loss["sum"] / max(train_loss["steps"], 1), "lr": lr,
+                 "epoch_s": t_trained - t_epoch, "train_samples_per_s": epoch_sps}
+        run.curves.append(curve)
+        if window_start is not None:
+            run.energy_steps += steps
+            deferred.append((curve, t_trained, _weights(trainer.model)))
+        else:
+            _evaluate(run, curve, epoch, cfg)
+            window_next = _window_starts_next(cfg, epoch, t_trained - t_epoch)
+        epochs.set_postfix(acc=f"{curve.get('accuracy', math.nan):.1f}", loss=f"{curve.get('val_loss', math.nan):.4f}")
     run.data_ms, run.compute_ms = np.concatenate(data_ms), np.concatenate(compute_ms)
     run.epoch_steps = [len(d) for d in data_ms]
+    if cfg.energy_window_s > 0:
+        now = time.perf_counter()
+        top_up, top_up_steps = train_energy_window(run, cfg, cfg.energy_window_s - (now - (window_start or now)))
+        if window_start is None:  # one epoch: the window is the steps after it
+            run.energy_window, run.energy_steps = top_up, top_up_steps
+        else:
+            run.energy_window, run.energy_steps = (window_start, top_up[1] if top_up else now), run.energy_steps + top_up_steps
+    for curve, t_trained, weights in deferred:
+        trainer.model.load_state_dict(weights)  # in place; the last epoch's leaves the trained weights
+        _evaluate(run, curve, curve["epoch"], cfg, trained_at=t_trained)
+    run.t_end = time.perf_counter()
     return run
 
 
-def train_energy_window(run: TrainingRun, cfg: RunConfig) -> tuple[Window | None, int]:
+def _evaluate(run: TrainingRun, curve: dict, epoch: int, cfg: RunConfig, trained_at: float | None = None) -> None:
+    """The epoch's validation pass into its curve row. elapsed_s runs to the end of the pass, or,
+    for an epoch evaluated after the energy window, to the end of its training (`trained_at`);
+    the time to target is the elapsed_s of the first epoch that reaches it."""
+    t_eval = time.perf_counter()
+    val_loss, accuracy = run.trainer.evaluate(run.val_loader)  # .item() inside synchronises
+    if not math.isfinite(val_loss):
+        raise FloatingPointError(f"validation loss is not finite at epoch {epoch}")
+    t_done = time.perf_counter()
+    run.eval_windows.append((t_eval, t_done))
+    elapsed = (trained_at or t_done) - run.t_start
+    curve.update(val_loss=val_loss, accuracy=accuracy, eval_s=t_done - t_eval, elapsed_s=elapsed)
+    if math.isnan(run.time_to_target) and accuracy >= cfg.target_acc:
+        run.time_to_target = elapsed
+
+
+def _window_starts_next(cfg: RunConfig, epoch: int, epoch_s: float) -> bool:
+    """Whether the energy window starts with the next epoch: the latest start from which the
+    remaining epochs, at this one's length, still fill cfg.energy_window_s (the one after it no
+    longer would). Rank 0 decides for every rank."""
+    if cfg.energy_window_s <= 0 or epoch >= cfg.epochs - 1:
+        return False
+    return bool(distributed.broadcast_from_rank0((cfg.epochs - epoch - 2) * epoch_s < cfg.energy_window_s))
+
+
+def _weights(model: torch.nn.Module) -> dict:
+    """A copy of the model's parameters and buffers on the host (none of the device's memory)."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+
+
+def train_energy_window(run: TrainingRun, cfg: RunConfig, budget_s: float | None = None) -> tuple[Window | None, int]:
     """More steady steps of the run's trainer and loader in one contiguous window of at least
-    cfg.energy_window_s, for an energy figure the counter resolves (nvml.MIN_COUNTER_PERIODS
-    periods): an epoch's steady window is shorter, and merging windows adds two boundaries each.
-    Rank 0's clock plans the steps (every rank takes the same number, as DDP needs), first at the
-    epochs' median step time, then at the window's own rate until it is long enough. The steps are
-    not timed one by one: the throughput figures stay the epochs'. They train at the schedule's lr
-    after the last epoch, 0 at the end of the cosine schedule: the same work a step, the trained
-    weights kept. Returns (window, steps), or (None, 0) when cfg.energy_window_s is 0."""
-    clock, budget_s = Clock(cfg.device), cfg.energy_window_s
+    `budget_s` (default cfg.energy_window_s), for an energy figure the counter resolves
+    (nvml.MIN_COUNTER_PERIODS periods) where the epochs back to back fall short of it (one epoch,
+    or epochs shorter than the window), continuing them. Rank 0's clock plans the steps (every
+    rank takes the same number, as DDP needs), first at the epochs' median step time, then at the
+    window's own rate until it is long enough. The steps are not timed one by one: the throughput
+    figures stay the epochs'. They train at the schedule's lr after the last epoch, 0 at the end
+    of the cosine schedule: the same work a step, the trained weights kept. Returns (window,
+    steps), or (None, 0) when no time is left to fill."""
+    clock = Clock(cfg.device)
+    budget_s = cfg.energy_window_s if budget_s is None else budget_s
     step_ms = run.data_ms[cfg.warmup_steps:] + run.compute_ms[cfg.warmup_steps:]
     if not len(step_ms):  # no step past the warm-up: the warm-up's slower steps plan fewer
         step_ms = run.data_ms + run.compute_ms
@@ -300,8 +352,10 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     result row (all but the NVML columns, which the parent adds from its timeline), curves,
     inference rows and phase windows."""
     ctx = ctx or RunContext()
-    if variant.epochs:  # a pipeline probe: a loader's speed over a few epochs, its energy left to the epochs' windows
-        cfg = replace(cfg, epochs=variant.epochs, energy_window_s=0.0)
+    if variant.epochs:  # a pipeline probe: a loader's speed over a few epochs. Its energy is left to the
+        # epochs' windows, and its inference and robustness to the row of the same model settings
+        # (neither depends on the loader), so a probe costs its epochs only
+        cfg = replace(cfg, epochs=variant.epochs, energy_window_s=0.0, infer_iters=0, robustness=False)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # reset() keeps them; graphs and breaks are per variant
     peak_was_reset = memory.reset_peak(cfg.device)
@@ -309,6 +363,9 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     for repeat in range(cfg.repeats):
         marks.append((time.perf_counter(), f"{variant.name}:train:{repeat}"))
         runs.append(train_once(variant, cfg, ctx, repeat))
+        if runs[-1].energy_window is not None:  # inside the training phase, before the epochs evaluated after it
+            window = runs[-1].energy_window
+            marks += [(window[0], f"{variant.name}:energy"), (window[1], f"{variant.name}:train:{repeat}")]
     marks.append((time.perf_counter(), f"{variant.name}:inference"))
     last = runs[-1]
     inference = _inference(last.trainer, last.val_loader, variant, cfg) if cfg.infer_iters > 0 else []
@@ -317,16 +374,14 @@ def measure(variant: Variant, cfg: RunConfig, ctx: RunContext | None = None) -> 
     robustness = _robustness(last, variant, cfg) if cfg.robustness else []
     peak = memory.read_peak(cfg.device, peak_was_reset)
     dynamo = _dynamo_counts()  # before the reference loop, which compiles a model of its own
-    if cfg.energy_window_s > 0:
-        marks.append((time.perf_counter(), f"{variant.name}:energy"))
-    energy_window, energy_steps = train_energy_window(last, cfg)  # after the figures of the epochs
     marks.append((time.perf_counter(), f"{variant.name}:reference"))
     reference = _reference(variant, cfg, ctx)
     marks.append((time.perf_counter(), "idle"))
     row = summarise(variant, cfg, runs, inference, dynamo, reference)
     row.update(peak)
     phases = Phases(last.t_start, last.t_end, len(last.data_ms), variant.batch_size, last.time_to_target,
-                    last.warmup_window, last.steady_windows, last.eval_windows, marks, energy_window, energy_steps)
+                    last.warmup_window, last.steady_windows, last.eval_windows, sorted(marks), last.energy_window,
+                    last.energy_steps)
     return VariantResult(row, [c for r in runs for c in r.curves], inference, robustness,
                          step_rows(variant, cfg, runs), phases, reference)
 
