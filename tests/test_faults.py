@@ -7,9 +7,9 @@ regex), no traceback, and nothing written: no run directory, nothing in the data
 the case's folder is compared before and after). Exit code 1 means only "a variant failed" and
 is never a refusal. The data is the tiny hand-written set of conftest (12 samples).
 
-The commands run as `python -m bench` does (bench.cli.main, exit code and stderr as a shell sees
-them), all in one Python process, one after the other: importing torch once instead of once per
-case keeps the table at seconds. Permission cases need a user that file modes bind; as root,
+The commands of each table run as `python -m bench` does (bench.cli.main, exit code and stderr as
+a shell sees them), all in one Python process, one after the other: importing torch once instead
+of once per case keeps each table at seconds. Permission cases need a user that file modes bind; as root,
 which reads and writes anything, they skip.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from bench.parent.rundir import lock, open_run_dir
-from conftest import REPO, bench, write_dataset
+from conftest import REPO, write_dataset
 from loaders.dataset import discover_ids
 from loaders.split import make_split, save_split
 from reports.results import ENV, RESULT_COLUMNS, RESULTS, append_rows, write_env
@@ -218,23 +218,24 @@ def tree(root: Path) -> dict:
             if p.name != "run.lock"}
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory) -> dict:
-    """{fault name: (exit code, stderr, whether its folder changed)}, or the reason it skips."""
+def run_cases(faults: list[Fault], tmp_path_factory, prefix: str) -> dict:
+    """{fault name: (exit code, stderr, whether its folder changed)}, or the reason it skips: each
+    case's setup in a folder of its own, then every command in one Python process (RUN_CASES)."""
     cases, found = [], {}
-    for index, fault in enumerate(FAULTS):
-        folder = tmp_path_factory.mktemp(f"fault{index}")
-        try:
-            cases.append((fault.name, folder, [str(arg) for arg in fault.setup(folder)]))
-        except pytest.skip.Exception as skip:
-            found[fault.name] = str(skip)
-    before = [tree(folder) for _, folder, _ in cases]
     try:
+        for index, fault in enumerate(faults):
+            folder = tmp_path_factory.mktemp(f"{prefix}{index}")
+            try:
+                cases.append((fault.name, folder, [str(arg) for arg in fault.setup(folder)]))
+            except pytest.skip.Exception as skip:
+                found[fault.name] = str(skip)
+        before = [tree(folder) for _, folder, _ in cases]
         done = subprocess.run([sys.executable, "-c", RUN_CASES], input=json.dumps([(str(f), a) for _, f, a in cases]),
                               capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
-    finally:
+    finally:  # the locks, lock holders and mounts the cases made
         while HELD:
             HELD.pop().close()
+        _clean_up()
     assert done.returncode == 0, done.stderr
     for (name, folder, _), (code, stderr), old in zip(cases, json.loads(done.stdout), before):
         found[name] = (code, stderr, tree(folder) != old)
@@ -243,6 +244,11 @@ def outcomes(tmp_path_factory) -> dict:
             if path.is_dir():
                 path.chmod(0o755)
     return found
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict:
+    return run_cases(FAULTS, tmp_path_factory, "fault")
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda fault: fault.name)
@@ -257,7 +263,7 @@ def test_fault(fault: Fault, outcomes: dict):
 
 
 # ---------------------------------------------------------------------------------------------
-# Faults of the run directory, one command each in its own process: a live run under --force,
+# Faults of the run directory, run like FAULTS (one process for all): a live run under --force,
 # damaged tables and env.json, a read-only folder, a full disk. Each keeps the last good state and
 # prints one line (an error, or a warning for a run that still reports). A full disk needs root
 # (a small tmpfs) and skips without it.
@@ -266,9 +272,8 @@ CHILDREN: list[subprocess.Popen] = []  # processes a case keeps alive while its 
 MOUNTS: list[Path] = []  # tmpfs mounts a case made
 
 
-@pytest.fixture(autouse=True)
-def _clean_up():
-    yield
+def _clean_up() -> None:
+    """Ends the lock holders and unmounts the tmpfs mounts the cases made."""
     while CHILDREN:
         child = CHILDREN.pop()
         child.stdin.close()  # the holder waits on its stdin
@@ -453,9 +458,16 @@ RUN_DIR_FAULTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def run_dir_outcomes(tmp_path_factory) -> dict:
+    return run_cases(RUN_DIR_FAULTS, tmp_path_factory, "run-dir-fault")
+
+
 @pytest.mark.parametrize("fault", RUN_DIR_FAULTS, ids=lambda fault: fault.name)
-def test_run_dir_fault(fault: Fault, tmp_path):
-    done = bench(*fault.setup(tmp_path))
-    assert done.returncode == fault.exit_code, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    assert any(re.search(fault.message, line) for line in done.stderr.splitlines()), done.stderr
+def test_run_dir_fault(fault: Fault, run_dir_outcomes: dict):
+    if isinstance(run_dir_outcomes[fault.name], str):
+        pytest.skip(run_dir_outcomes[fault.name])
+    code, stderr, _ = run_dir_outcomes[fault.name]
+    assert code == fault.exit_code, stderr
+    assert "Traceback" not in stderr, stderr
+    assert any(re.search(fault.message, line) for line in stderr.splitlines()), stderr
