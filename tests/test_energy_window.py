@@ -108,10 +108,12 @@ def test_the_last_epochs_train_back_to_back_and_keep_the_seeds_curves(tiny_data,
     assert windowed.row["val_loss"] == plain.row["val_loss"] and windowed.row["final_train_loss"] == plain.row["final_train_loss"]
     phases = windowed.phases
     t0, t1 = phases.energy_window
-    # 2 s is more than every epoch after the first: the window opens with epoch 1 and steps on after epoch 3
-    assert phases.steady_windows[0][1] <= t0 <= phases.steady_windows[1][0] and t1 - t0 >= 2.0
-    assert phases.energy_steps > 3 * 2  # epochs 1-3 (2 steps each) and the steps after them
-    assert phases.eval_windows[0][1] <= t0 and [w[0] >= t1 for w in phases.eval_windows[1:]] == [True] * 3
+    # the window opens after the first epoch from which the rest, at its length, would fall short
+    epoch_s = [c["epoch_s"] for c in windowed.curves]
+    start = next(e for e in range(4) if (4 - e - 2) * epoch_s[e] < 2.0) + 1
+    assert phases.eval_windows[start - 1][1] <= t0 <= phases.steady_windows[start][0] and t1 - t0 >= 2.0
+    assert phases.energy_steps >= 2 * (4 - start)  # its epochs' steps (2 each), and any steps after them
+    assert [w[0] >= t1 for w in phases.eval_windows[start:]] == [True] * (4 - start)  # evaluated after it
     assert t1 <= phases.t_end and phases.t_start <= t0
     elapsed = [c["elapsed_s"] for c in windowed.curves]
     assert elapsed == sorted(elapsed) and elapsed[-1] <= t1 - phases.t_start  # to the end of each epoch's training
@@ -229,10 +231,13 @@ def _rank(out: Path) -> None:
     from bench.distributed import init, read_env, shutdown
     env = read_env()
     init(env, "cpu")
+    cfg = stub_config(0.05 if env.rank == 0 else 0.0)
     run = stub_run(batches=1 + env.rank)  # the ranks' loaders differ in length
-    window, steps = runner.train_energy_window(run, stub_config(0.05 if env.rank == 0 else 0.0))
-    # rank 1's own epoch (5 s) would open the window later; it follows rank 0's (0.5 s)
-    starts = runner._window_starts_next(replace(stub_config(5.2), epochs=20), 8, 0.5 if env.rank == 0 else 5.0)
+    runner.close_energy_window(run, cfg, window_start=None)  # after a single epoch
+    window, steps = run.energy_window, run.energy_steps
+    # rank 1 asks for no window (and its own 5 s epoch would open one later): it follows rank 0
+    starts = runner._window_starts_next(replace(cfg, energy_window_s=5.2 * (env.rank == 0), epochs=20), 8,
+                                        0.5 if env.rank == 0 else 5.0)
     record = {"steps": steps, "stepped": len(run.trainer.labels), "window_s": window[1] - window[0] if window else 0,
               "starts": starts}
     (out / f"rank{env.rank}.json").write_text(json.dumps(record))

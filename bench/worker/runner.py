@@ -221,13 +221,7 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
         epochs.set_postfix(acc=f"{curve.get('accuracy', math.nan):.1f}", loss=f"{curve.get('val_loss', math.nan):.4f}")
     run.data_ms, run.compute_ms = np.concatenate(data_ms), np.concatenate(compute_ms)
     run.epoch_steps = [len(d) for d in data_ms]
-    if cfg.energy_window_s > 0:
-        now = time.perf_counter()
-        top_up, top_up_steps = train_energy_window(run, cfg, cfg.energy_window_s - (now - (window_start or now)))
-        if window_start is None:  # one epoch: the window is the steps after it
-            run.energy_window, run.energy_steps = top_up, top_up_steps
-        else:
-            run.energy_window, run.energy_steps = (window_start, top_up[1] if top_up else now), run.energy_steps + top_up_steps
+    close_energy_window(run, cfg, window_start)
     for curve, t_trained, weights in deferred:
         trainer.model.load_state_dict(weights)  # in place; the last epoch's leaves the trained weights
         _evaluate(run, curve, curve["epoch"], cfg, trained_at=t_trained)
@@ -254,10 +248,27 @@ def _evaluate(run: TrainingRun, curve: dict, epoch: int, cfg: RunConfig, trained
 def _window_starts_next(cfg: RunConfig, epoch: int, epoch_s: float) -> bool:
     """Whether the energy window starts with the next epoch: the latest start from which the
     remaining epochs, at this one's length, still fill cfg.energy_window_s (the one after it no
-    longer would). Rank 0 decides for every rank."""
-    if cfg.energy_window_s <= 0 or epoch >= cfg.epochs - 1:
+    longer would). Rank 0 decides for every rank: under a torchrun the user started, rank 0 alone
+    measured the counter, so only its cfg asks for a window."""
+    if epoch >= cfg.epochs - 1:
         return False
-    return bool(distributed.broadcast_from_rank0((cfg.epochs - epoch - 2) * epoch_s < cfg.energy_window_s))
+    starts = cfg.energy_window_s > 0 and (cfg.epochs - epoch - 2) * epoch_s < cfg.energy_window_s
+    return bool(distributed.broadcast_from_rank0(starts))
+
+
+def close_energy_window(run: TrainingRun, cfg: RunConfig, window_start: float | None) -> None:
+    """After the last epoch: the energy window (from `window_start`, the first epoch in it, or
+    from now after a single epoch) filled to cfg.energy_window_s with steps after the last epoch
+    where the epochs fell short, into run.energy_window and run.energy_steps. Every rank steps
+    when rank 0 asks for a window, as many steps as rank 0 plans."""
+    if window_start is None and not distributed.broadcast_from_rank0(cfg.energy_window_s > 0):
+        return
+    now = time.perf_counter()
+    top_up, top_up_steps = train_energy_window(run, cfg, cfg.energy_window_s - (now - (window_start or now)))
+    if window_start is None:  # one epoch: the window is the steps after it
+        run.energy_window, run.energy_steps = top_up, top_up_steps
+    else:
+        run.energy_window, run.energy_steps = (window_start, top_up[1] if top_up else now), run.energy_steps + top_up_steps
 
 
 def _weights(model: torch.nn.Module) -> dict:
