@@ -216,7 +216,7 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
             run.energy_steps += steps
             deferred.append((curve, t_trained, _weights(trainer.model)))
         else:
-            _evaluate(run, curve, epoch, cfg)
+            _evaluate(run, curve, cfg)
             window_next = _window_starts_next(cfg, epoch, t_trained - t_epoch)
         epochs.set_postfix(acc=f"{curve.get('accuracy', math.nan):.1f}", loss=f"{curve.get('val_loss', math.nan):.4f}")
     run.data_ms, run.compute_ms = np.concatenate(data_ms), np.concatenate(compute_ms)
@@ -224,19 +224,19 @@ def train_once(variant: Variant, cfg: RunConfig, ctx: RunContext, repeat: int) -
     close_energy_window(run, cfg, window_start)
     for curve, t_trained, weights in deferred:
         trainer.model.load_state_dict(weights)  # in place; the last epoch's leaves the trained weights
-        _evaluate(run, curve, curve["epoch"], cfg, trained_at=t_trained)
+        _evaluate(run, curve, cfg, trained_at=t_trained)
     run.t_end = time.perf_counter()
     return run
 
 
-def _evaluate(run: TrainingRun, curve: dict, epoch: int, cfg: RunConfig, trained_at: float | None = None) -> None:
+def _evaluate(run: TrainingRun, curve: dict, cfg: RunConfig, trained_at: float | None = None) -> None:
     """The epoch's validation pass into its curve row. elapsed_s runs to the end of the pass, or,
     for an epoch evaluated after the energy window, to the end of its training (`trained_at`);
     the time to target is the elapsed_s of the first epoch that reaches it."""
     t_eval = time.perf_counter()
     val_loss, accuracy = run.trainer.evaluate(run.val_loader)  # .item() inside synchronises
     if not math.isfinite(val_loss):
-        raise FloatingPointError(f"validation loss is not finite at epoch {epoch}")
+        raise FloatingPointError(f"validation loss is not finite at epoch {curve['epoch']}")
     t_done = time.perf_counter()
     run.eval_windows.append((t_eval, t_done))
     elapsed = (trained_at or t_done) - run.t_start
