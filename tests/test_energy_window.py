@@ -121,6 +121,22 @@ def test_the_last_epochs_train_back_to_back_and_keep_the_seeds_curves(tiny_data,
     assert labels[:3] == [f"{variant.name}:train:0", f"{variant.name}:energy", f"{variant.name}:train:0"]
 
 
+def test_a_non_finite_validation_loss_after_the_window_names_its_epoch(tiny_data, split, monkeypatch):
+    """The last epoch is always in the window, so it is evaluated after it; its non-finite
+    validation loss fails the variant naming that epoch, as an inline evaluation does."""
+    evaluate = runner.Trainer.evaluate
+    calls = []
+
+    def nan_at_the_last(self, loader):
+        calls.append(1)
+        loss, accuracy = evaluate(self, loader)
+        return (math.nan if len(calls) == 3 else loss), accuracy
+    monkeypatch.setattr(runner.Trainer, "evaluate", nan_at_the_last)
+    cfg = tiny_config(tiny_data, split, epochs=3, energy_window_s=0.01, reference_steps=0, infer_iters=0)
+    with pytest.raises(FloatingPointError, match=r"^validation loss is not finite at epoch 2$"):
+        runner.measure(Variant("add", batch_size=8, loader="resident"), cfg, RunContext(sampler=ConstantPowerSampler()))
+
+
 def test_the_window_starts_as_late_as_the_epochs_still_fill_it():
     cfg = replace(stub_config(5.2), epochs=20)
     starts = [e for e in range(20) if runner._window_starts_next(cfg, e, 0.5)]
